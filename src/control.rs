@@ -1,0 +1,305 @@
+//! The control plane: config, state, the store, and the one `ArcSwap<RoutingTable>`.
+//!
+//! Every change (deploy, swap, preview, history update) goes through
+//! [`ControlPlane::commit`]: the app's new state is computed off to the side, a new
+//! routing table is built from (config, new state), the state is written durably,
+//! and only then is the table published with a single `store()`. If the write fails
+//! nothing changed: the old state stays in memory and the old table keeps serving.
+//! Operations that change an app take [`ControlPlane::begin`], so one swap or deploy
+//! per app runs at a time; others get a conflict (409) rather than waiting.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{AppConfig, Config};
+use crate::metrics::Metrics;
+use crate::model::{check_instance_address, check_version, now_rfc3339, AppState, Deployment, State, MAX_INSTANCES};
+use crate::routing::{InstanceHealth, RoutingTable, SharedCounters};
+use crate::state::{self, StateError, StateStore};
+
+/// Why an operation was refused. Each maps to one admin API status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// 404
+    #[error("unknown app `{0}`")]
+    UnknownApp(String),
+    /// 404
+    #[error("app `{app}` has no slot `{slot}`")]
+    UnknownSlot { app: String, slot: String },
+    /// 409: something else is under way, or there is nothing to act on.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: the request does not make sense; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// 503: the state store failed; nothing changed.
+    #[error("the change was not made because the state store failed: {0}")]
+    Store(#[from] StateError),
+}
+
+/// Why `serve` cannot start with this config and state.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] StateError),
+    #[error("the state in {store} does not fit the config {config}:\n  {}", .errors.join("\n  "))]
+    Mismatch {
+        store: String,
+        config: String,
+        errors: Vec<String>,
+    },
+}
+
+pub struct ControlPlane {
+    config: ArcSwap<Config>,
+    store: Box<dyn StateStore>,
+    state: tokio::sync::Mutex<State>,
+    routing: Arc<ArcSwap<RoutingTable>>,
+    shared: SharedCounters,
+    metrics: Arc<Metrics>,
+    generation: AtomicU64,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Held while an operation changes an app; released on drop.
+pub struct AppGuard<'a> {
+    cp: &'a ControlPlane,
+    app: String,
+}
+
+impl Drop for AppGuard<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.cp.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(&self.app);
+    }
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone)]
+pub struct DeployOutcome {
+    pub deployment: Deployment,
+    /// Where the new deployment will be swapped automatically, if the slot says so.
+    pub auto_swap: Option<String>,
+}
+
+impl ControlPlane {
+    /// Loads the state (seeding it from the config where it has nothing), stores it if
+    /// seeding changed it, and publishes the first routing table.
+    pub async fn start(
+        config: Config,
+        store: Box<dyn StateStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<ControlPlane>, StartError> {
+        let stored = store.load().await?;
+        let (state, changed) =
+            state::reconcile(&config, stored).map_err(|errors| StartError::Mismatch {
+                store: store.describe(),
+                config: config.file.display().to_string(),
+                errors,
+            })?;
+        if changed {
+            store.save(&state, "").await?;
+        }
+        let cp = ControlPlane {
+            config: ArcSwap::from_pointee(config),
+            store,
+            state: tokio::sync::Mutex::new(state),
+            routing: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
+            shared: SharedCounters::default(),
+            metrics,
+            generation: AtomicU64::new(0),
+            busy: Mutex::new(HashSet::new()),
+        };
+        {
+            let state = cp.state.lock().await;
+            cp.publish(&cp.config.load(), &state);
+        }
+        Ok(Arc::new(cp))
+    }
+
+    /// The table the data plane reads.
+    pub fn routing(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.routing.clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Health of an instance address (shared with the data plane).
+    pub fn health(&self, address: &str) -> Arc<InstanceHealth> {
+        self.shared.health(address)
+    }
+
+    /// A copy of the committed state.
+    pub async fn state(&self) -> State {
+        self.state.lock().await.clone()
+    }
+
+    /// The committed state of one app with its config, or 404.
+    pub async fn app(&self, app: &str) -> Result<(Arc<Config>, AppState), OpError> {
+        let config = self.config();
+        if config.app(app).is_none() {
+            return Err(OpError::UnknownApp(app.to_string()));
+        }
+        let state = self.state.lock().await;
+        Ok((config, state.apps.get(app).cloned().unwrap_or_default()))
+    }
+
+    /// Claims `app` for one operation, or says what is under way (409).
+    pub fn begin(&self, app: &str) -> Result<AppGuard<'_>, OpError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(app.to_string()) {
+            return Err(OpError::Conflict(format!(
+                "a swap or deploy of app `{app}` is already under way; retry when it has finished"
+            )));
+        }
+        Ok(AppGuard {
+            cp: self,
+            app: app.to_string(),
+        })
+    }
+
+    /// Applies `change` to the app's state, stores the result durably, then publishes
+    /// the routing table built from it. On any error nothing changes.
+    pub async fn commit<T>(
+        &self,
+        app: &str,
+        change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        self.commit_inner(app, true, change).await
+    }
+
+    /// Like [`Self::commit`] for changes that do not affect routing (history, preview).
+    pub async fn commit_without_routing<T>(
+        &self,
+        app: &str,
+        change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        self.commit_inner(app, false, change).await
+    }
+
+    async fn commit_inner<T>(
+        &self,
+        app: &str,
+        routing_changes: bool,
+        change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        let config = self.config();
+        let app_config = config
+            .app(app)
+            .ok_or_else(|| OpError::UnknownApp(app.to_string()))?;
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        let out = change(app_config, next.apps.entry(app.to_string()).or_default())?;
+        if let Err(e) = self.store.save(&next, app).await {
+            tracing::error!(app, error = %e, "state store write failed; nothing changed");
+            return Err(OpError::Store(e));
+        }
+        *state = next;
+        if routing_changes {
+            self.publish(&config, &state);
+        }
+        Ok(out)
+    }
+
+    /// Builds and publishes the table for (config, state). Caller holds the state lock.
+    fn publish(&self, config: &Config, state: &State) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = RoutingTable::build(config, state, &self.shared, &self.metrics, generation);
+        self.routing.store(Arc::new(table));
+        self.metrics.set_generation(generation);
+        self.metrics.set_deployments(config.apps.iter().flat_map(|app| {
+            let app_state = state.apps.get(&app.name);
+            app.slots.iter().filter_map(move |slot| {
+                let d = app_state?.deployment(&slot.name)?;
+                Some((app.name.as_str(), slot.name.as_str(), d.version.as_str()))
+            })
+        }));
+        tracing::debug!(generation, "routing table published");
+    }
+
+    /// Puts a new deployment into a slot (`PUT .../deployment`, `slotd deploy`).
+    /// The deployment keeps the slot's current non-sticky settings.
+    pub async fn deploy(
+        &self,
+        app: &str,
+        slot: &str,
+        version: &str,
+        instances: &[String],
+    ) -> Result<DeployOutcome, OpError> {
+        let (config, app_state) = self.app(app).await?;
+        let app_config = config.app(app).expect("checked by self.app");
+        let slot_config = app_config.slot(slot).ok_or_else(|| OpError::UnknownSlot {
+            app: app.to_string(),
+            slot: slot.to_string(),
+        })?;
+        check_version(version).map_err(|e| OpError::Invalid(format!("version: {e}")))?;
+        validate_instances(instances)?;
+        let _guard = self.begin(app)?;
+        if let Some(p) = &app_state.pending_swap {
+            if p.source == slot || p.target == slot {
+                return Err(OpError::Conflict(format!(
+                    "swap {} of `{}` into `{}` is waiting in preview; complete or cancel it before deploying to `{slot}`",
+                    p.id, p.source, p.target
+                )));
+            }
+        }
+        let deployment = self
+            .commit(app, |_, st| {
+                let settings = st
+                    .deployment(slot)
+                    .map(|d| d.settings.clone())
+                    .unwrap_or_default();
+                let d = Deployment {
+                    id: st.new_deployment_id(),
+                    version: version.to_string(),
+                    instances: instances.to_vec(),
+                    settings,
+                    created_at: now_rfc3339(),
+                };
+                st.slots.insert(slot.to_string(), Some(d.clone()));
+                Ok(d)
+            })
+            .await?;
+        tracing::info!(app, slot, deployment = %deployment.id, version, "deployed");
+        Ok(DeployOutcome {
+            deployment,
+            auto_swap: slot_config.auto_swap.clone(),
+        })
+    }
+}
+
+fn validate_instances(instances: &[String]) -> Result<(), OpError> {
+    if instances.is_empty() {
+        return Err(OpError::Invalid(
+            "instances: list at least one host:port".into(),
+        ));
+    }
+    if instances.len() > MAX_INSTANCES {
+        return Err(OpError::Invalid(format!(
+            "instances: {} listed, at most {MAX_INSTANCES} are allowed",
+            instances.len()
+        )));
+    }
+    for (i, addr) in instances.iter().enumerate() {
+        check_instance_address(addr).map_err(|e| OpError::Invalid(format!("instances[{i}]: {e}")))?;
+        if instances[..i].contains(addr) {
+            return Err(OpError::Invalid(format!(
+                "instances[{i}]: `{addr}` is listed twice"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! HOT PATH ONLY: the Pingora `ProxyHttp` implementation.
+//!
+//! Per request: `new_ctx` takes one snapshot of the routing table (`load_full`, the
+//! only read of the `ArcSwap`), and every later phase reads that snapshot, so a
+//! request never sees half of two tables and in-flight requests finish on the pool
+//! they started with while a swap publishes a new table. Host → app/slot → pool →
+//! instance (round-robin among healthy ones). No locks, no awaits on the control
+//! plane, no label lookups: everything was precomputed when the table was built.
+//!
+//! Status codes the proxy makes itself: 404 unknown host, 503 empty slot or no
+//! healthy instance, 502 upstream failure, 504 upstream timeout. A connect failure
+//! is retried once on another instance.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::routing::{Pick, RoutingTable, SlotRef};
+
+/// The data plane.
+pub struct SlotProxy {
+    routing: Arc<ArcSwap<RoutingTable>>,
+}
+
+impl SlotProxy {
+    pub fn new(routing: Arc<ArcSwap<RoutingTable>>) -> Self {
+        SlotProxy { routing }
+    }
+}
+
+/// Per-request state: the table snapshot and what was chosen from it.
+pub struct RequestCtx {
+    table: Arc<RoutingTable>,
+    slot: Option<SlotRef>,
+    instance: Option<usize>,
+    /// The instance whose connection failed, so the retry avoids it.
+    failed: Option<usize>,
+    /// Why the proxy answered 503 itself, for the body.
+    unavailable: &'static str,
+}
+
+const X_SLOT: &str = "x-slot";
+
+/// The host a request is for: the authority of an absolute-form or HTTP/2 request,
+/// else the Host header.
+fn request_host(req: &RequestHeader) -> Option<&[u8]> {
+    if let Some(a) = req.uri.authority() {
+        return Some(a.as_str().as_bytes());
+    }
+    req.headers.get(http::header::HOST).map(|h| h.as_bytes())
+}
+
+/// Writes a short plain-text answer made by the proxy itself.
+async fn respond(session: &mut Session, status: u16, slot: Option<&HeaderValue>, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(slot) = slot {
+        resp.insert_header(X_SLOT, slot.clone())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+fn body_for(status: u16, unavailable: &'static str) -> &'static str {
+    match status {
+        400 => "slotd: bad request\n",
+        404 => "slotd: no app is configured for this host\n",
+        502 => "slotd: bad gateway: the upstream instance failed\n",
+        503 => unavailable,
+        504 => "slotd: gateway timeout: the upstream instance did not answer in time\n",
+        _ => "slotd: internal error\n",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for SlotProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            table: self.routing.load_full(),
+            slot: None,
+            instance: None,
+            failed: None,
+            unavailable: "slotd: service unavailable\n",
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let route = request_host(session.req_header()).and_then(|h| ctx.table.route(h));
+        match route {
+            Some(r) => {
+                ctx.slot = Some(r);
+                Ok(false)
+            }
+            None => {
+                respond(session, 404, None, body_for(404, "")).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(r) = ctx.slot else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "no slot was matched before choosing a peer");
+        };
+        let slot = ctx.table.slot(r);
+        match slot.pick(ctx.failed) {
+            Pick::Instance(i) => {
+                ctx.instance = Some(i);
+                let pool = slot.pool.as_ref().expect("Pick::Instance implies a pool");
+                let peer = pool.instances[i].peer.as_ref().expect("pick only returns resolved instances");
+                Ok(Box::new(peer.clone()))
+            }
+            Pick::Empty => {
+                ctx.unavailable = "slotd: service unavailable: this slot holds no deployment\n";
+                Error::e_explain(ErrorType::HTTPStatus(503), "slot holds no deployment")
+            }
+            Pick::NoneHealthy if ctx.failed.is_some() => {
+                Error::e_explain(ErrorType::HTTPStatus(502), "no other instance to retry on")
+            }
+            Pick::NoneHealthy => {
+                ctx.unavailable = "slotd: service unavailable: no healthy instance in this slot\n";
+                Error::e_explain(ErrorType::HTTPStatus(503), "no healthy instance")
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Retry once, on another instance; only if the pool has one.
+        let others = ctx
+            .slot
+            .and_then(|r| ctx.table.slot(r).pool.as_ref())
+            .is_some_and(|p| p.instances.len() > 1);
+        if ctx.failed.is_none() && others {
+            ctx.failed = ctx.instance;
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let downstream = session.req_header();
+        let host = request_host(downstream).and_then(|h| HeaderValue::from_bytes(h).ok());
+        if let Some(host) = host {
+            if upstream.headers.get(http::header::HOST).is_none() {
+                upstream.insert_header(http::header::HOST, host.clone())?;
+            }
+            upstream.insert_header("X-Forwarded-Host", host)?;
+        }
+        if let Some(PeerAddr::Inet(addr)) = session.client_addr() {
+            let ip = addr.ip().to_string();
+            let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+                Some(Ok(prev)) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip,
+            };
+            upstream.insert_header("X-Forwarded-For", xff)?;
+        }
+        upstream.insert_header("X-Forwarded-Proto", "http")?;
+        if let Some(r) = ctx.slot {
+            for (name, value) in &ctx.table.slot(r).headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(r) = ctx.slot {
+            upstream_response.insert_header(X_SLOT, ctx.table.slot(r).x_slot.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let slot = ctx.slot.map(|r| &ctx.table.slot(r).x_slot);
+            if let Err(err) = respond(session, code, slot, body_for(code, ctx.unavailable)).await {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(r) = ctx.slot {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            ctx.table.slot(r).metrics.observe(status);
+        }
+    }
+}

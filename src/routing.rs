@@ -1,0 +1,441 @@
+//! The routing table: the one immutable structure the data plane reads.
+//!
+//! The control plane builds a complete [`RoutingTable`] from (config, state) with
+//! [`RoutingTable::build`] and publishes it through the single
+//! `ArcSwap<RoutingTable>`; the proxy loads one snapshot per request and never sees a
+//! half-applied change. Everything a request needs is precomputed here: the
+//! lower-cased host map, per-instance `HttpPeer` templates with the app's timeouts,
+//! header names and values, and metric handles. The only mutable state reachable
+//! from a table is per-instance health and per-deployment round-robin counters,
+//! atomics shared across table generations so a swap does not reset them.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{AppConfig, Config, SlotConfig};
+use crate::metrics::{Metrics, SlotMetrics};
+use crate::model::{AppState, Deployment, State};
+
+/// Index of a slot in a table: (app, slot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef {
+    pub app: u32,
+    pub slot: u32,
+}
+
+/// An immutable snapshot of where every host's requests go.
+pub struct RoutingTable {
+    generation: u64,
+    hosts: HashMap<Box<str>, SlotRef>,
+    apps: Vec<AppRoute>,
+}
+
+pub struct AppRoute {
+    pub name: Arc<str>,
+    pub slots: Vec<SlotRoute>,
+}
+
+/// One slot as the proxy serves it.
+pub struct SlotRoute {
+    pub name: Arc<str>,
+    /// `x-slot` response header value.
+    pub x_slot: HeaderValue,
+    /// Upstream request headers: the slot's sticky headers, then its settings headers.
+    /// Names are kept as the operator wrote them (Pingora sends that case on HTTP/1).
+    pub headers: Vec<(Bytes, HeaderValue)>,
+    /// The deployment's pool; `None` for an empty slot.
+    pub pool: Option<Arc<Pool>>,
+    pub metrics: SlotMetrics,
+}
+
+/// The instances of one deployment.
+pub struct Pool {
+    pub deployment_id: Arc<str>,
+    pub version: Arc<str>,
+    pub instances: Vec<PoolInstance>,
+    next: Arc<AtomicUsize>,
+}
+
+pub struct PoolInstance {
+    pub address: Arc<str>,
+    /// `None` when the hostname did not resolve when the table was built.
+    pub peer: Option<HttpPeer>,
+    pub health: Arc<InstanceHealth>,
+}
+
+/// Health of one upstream address, shared by every pool and table that lists it.
+#[derive(Debug)]
+pub struct InstanceHealth {
+    healthy: AtomicBool,
+}
+
+impl InstanceHealth {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of choosing an instance.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pick {
+    Instance(usize),
+    /// The slot holds no deployment.
+    Empty,
+    /// Every instance is unhealthy, unresolvable or already failed for this request.
+    NoneHealthy,
+}
+
+impl Pool {
+    /// Round-robin among healthy instances, never returning `skip` (an instance that
+    /// already failed for this request).
+    pub fn pick(&self, skip: Option<usize>) -> Pick {
+        let n = self.instances.len();
+        if n == 0 {
+            return Pick::NoneHealthy;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let idx = (start.wrapping_add(i)) % n;
+            if Some(idx) == skip {
+                continue;
+            }
+            let inst = &self.instances[idx];
+            if inst.peer.is_some() && inst.health.is_healthy() {
+                return Pick::Instance(idx);
+            }
+        }
+        Pick::NoneHealthy
+    }
+}
+
+impl SlotRoute {
+    pub fn pick(&self, skip: Option<usize>) -> Pick {
+        match &self.pool {
+            None => Pick::Empty,
+            Some(pool) => pool.pick(skip),
+        }
+    }
+}
+
+/// Atomics that outlive table generations: instance health by address and
+/// round-robin position by deployment.
+#[derive(Default)]
+pub struct SharedCounters {
+    health: Mutex<HashMap<String, Arc<InstanceHealth>>>,
+    round_robin: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+impl SharedCounters {
+    pub fn health(&self, address: &str) -> Arc<InstanceHealth> {
+        let mut map = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(address.to_string())
+            .or_insert_with(|| {
+                Arc::new(InstanceHealth {
+                    healthy: AtomicBool::new(true),
+                })
+            })
+            .clone()
+    }
+
+    fn round_robin(&self, key: String) -> Arc<AtomicUsize> {
+        let mut map = self.round_robin.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_default().clone()
+    }
+
+    /// Forgets counters no table refers to any more.
+    fn prune(&self) {
+        let mut map = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, v| Arc::strong_count(v) > 1);
+        drop(map);
+        let mut map = self.round_robin.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+}
+
+/// Resolves an instance address when a table is built (never on the request path).
+fn resolve(address: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!(instance = address, error = %e, "instance address does not resolve; it takes no traffic until the next table build");
+            None
+        }
+    }
+}
+
+impl RoutingTable {
+    /// A table that routes nothing (before the first build).
+    pub fn empty() -> Self {
+        RoutingTable {
+            generation: 0,
+            hosts: HashMap::new(),
+            apps: Vec::new(),
+        }
+    }
+
+    /// Builds a complete table from the config and the state. Apps in the state but not
+    /// in the config are not served; slots in the config but not in the state are empty.
+    pub fn build(
+        config: &Config,
+        state: &State,
+        shared: &SharedCounters,
+        metrics: &Metrics,
+        generation: u64,
+    ) -> RoutingTable {
+        let mut hosts = HashMap::new();
+        let mut apps = Vec::with_capacity(config.apps.len());
+        let empty = AppState::default();
+        for (ai, app) in config.apps.iter().enumerate() {
+            let app_state = state.apps.get(&app.name).unwrap_or(&empty);
+            let mut slots = Vec::with_capacity(app.slots.len());
+            for (si, slot) in app.slots.iter().enumerate() {
+                for h in &slot.hosts {
+                    hosts.insert(
+                        h.clone().into_boxed_str(),
+                        SlotRef {
+                            app: ai as u32,
+                            slot: si as u32,
+                        },
+                    );
+                }
+                let deployment = app_state.deployment(&slot.name);
+                slots.push(build_slot(app, slot, deployment, shared, metrics));
+            }
+            apps.push(AppRoute {
+                name: Arc::from(app.name.as_str()),
+                slots,
+            });
+        }
+        let table = RoutingTable {
+            generation,
+            hosts,
+            apps,
+        };
+        shared.prune();
+        table
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The slot serving `host` (a Host header or :authority: port ignored,
+    /// case-insensitive). Does not allocate.
+    pub fn route(&self, host: &[u8]) -> Option<SlotRef> {
+        let host = strip_port(host);
+        let host = host.strip_suffix(b".").unwrap_or(host);
+        if host.is_empty() || host.len() > 253 {
+            return None;
+        }
+        let mut buf = [0u8; 253];
+        let lower: &[u8] = if host.iter().any(u8::is_ascii_uppercase) {
+            let out = &mut buf[..host.len()];
+            for (o, c) in out.iter_mut().zip(host) {
+                *o = c.to_ascii_lowercase();
+            }
+            out
+        } else {
+            host
+        };
+        let key = std::str::from_utf8(lower).ok()?;
+        self.hosts.get(key).copied()
+    }
+
+    pub fn slot(&self, r: SlotRef) -> &SlotRoute {
+        &self.apps[r.app as usize].slots[r.slot as usize]
+    }
+
+    pub fn app(&self, r: SlotRef) -> &AppRoute {
+        &self.apps[r.app as usize]
+    }
+
+    pub fn apps(&self) -> &[AppRoute] {
+        &self.apps
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        // [v6]:port
+        return match host.iter().position(|&c| c == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&c| c == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
+}
+
+fn build_slot(
+    app: &AppConfig,
+    slot: &SlotConfig,
+    deployment: Option<&Deployment>,
+    shared: &SharedCounters,
+    metrics: &Metrics,
+) -> SlotRoute {
+    // Names and values were checked when the config was read; the case the operator
+    // wrote is kept on the wire.
+    let headers = upstream_headers(app, slot, deployment)
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let v = HeaderValue::from_str(&value).ok()?;
+            Some((Bytes::from(name.into_bytes()), v))
+        })
+        .collect();
+    let pool = deployment.map(|d| {
+        let instances = d
+            .instances
+            .iter()
+            .map(|address| {
+                let peer = resolve(address).map(|addr| {
+                    let mut peer = HttpPeer::new(addr, false, String::new());
+                    peer.options.connection_timeout = Some(app.timeouts.connect);
+                    peer.options.read_timeout = Some(app.timeouts.read);
+                    peer.options.write_timeout = Some(app.timeouts.write);
+                    peer
+                });
+                PoolInstance {
+                    address: Arc::from(address.as_str()),
+                    peer,
+                    health: shared.health(address),
+                }
+            })
+            .collect();
+        Arc::new(Pool {
+            deployment_id: Arc::from(d.id.as_str()),
+            version: Arc::from(d.version.as_str()),
+            instances,
+            next: shared.round_robin(format!("{}/{}", app.name, d.id)),
+        })
+    });
+    SlotRoute {
+        name: Arc::from(slot.name.as_str()),
+        x_slot: HeaderValue::from_str(&slot.name).unwrap_or(HeaderValue::from_static("invalid")),
+        headers,
+        pool,
+        metrics: metrics.slot(&app.name, &slot.name),
+    }
+}
+
+/// The headers a slot adds to upstream requests with `deployment` in it: its sticky
+/// headers, then one header per setting named in `[app.settings_headers]`.
+pub fn upstream_headers(
+    app: &AppConfig,
+    slot: &SlotConfig,
+    deployment: Option<&Deployment>,
+) -> Vec<(String, String)> {
+    let mut out = slot.headers.clone();
+    let settings = effective_settings(slot, deployment);
+    for (setting, header) in &app.settings_headers {
+        if let Some(value) = settings.get(setting) {
+            out.push((header.clone(), value.clone()));
+        }
+    }
+    out
+}
+
+/// The settings a slot serves with: the deployment's own, overlaid with the slot's
+/// sticky ones.
+pub fn effective_settings(
+    slot: &SlotConfig,
+    deployment: Option<&Deployment>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = deployment.map(|d| d.settings.clone()).unwrap_or_default();
+    out.retain(|k, _| !slot.sticky_settings.contains(k));
+    out.extend(slot.sticky_setting_values());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config() -> Config {
+        crate::config::parse(
+            Path::new("t.toml"),
+            r#"
+[admin]
+insecure_no_auth = true
+[[app]]
+name = "shop"
+[[app.slot]]
+name = "production"
+hosts = ["shop.example.com"]
+instances = ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
+version = "v1"
+[app.slot.headers]
+X-Slot = "production"
+[[app.slot]]
+name = "staging"
+hosts = ["staging.shop.example.com"]
+"#,
+        )
+        .expect("valid")
+    }
+
+    fn table() -> (RoutingTable, SharedCounters) {
+        let config = config();
+        let state = crate::state::reconcile(&config, None).expect("seeds").0;
+        let shared = SharedCounters::default();
+        let t = RoutingTable::build(&config, &state, &shared, &Metrics::new(), 1);
+        (t, shared)
+    }
+
+    #[test]
+    fn hosts_match_case_insensitively_without_port() {
+        let (t, _) = table();
+        let prod = t.route(b"shop.example.com").expect("routes");
+        assert_eq!(&*t.slot(prod).name, "production");
+        assert_eq!(t.route(b"SHOP.Example.com:8080"), Some(prod));
+        assert_eq!(t.route(b"shop.example.com."), Some(prod));
+        let staging = t.route(b"staging.shop.example.com").expect("routes");
+        assert_eq!(&*t.slot(staging).name, "staging");
+        assert_eq!(t.route(b"other.example.com"), None);
+        assert_eq!(t.route(b""), None);
+        assert_eq!(t.route(b"[::1]:80"), None);
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_failed_instances() {
+        let (t, shared) = table();
+        let slot = t.slot(t.route(b"shop.example.com").unwrap());
+        let picks: Vec<Pick> = (0..3).map(|_| slot.pick(None)).collect();
+        assert_eq!(picks, vec![Pick::Instance(0), Pick::Instance(1), Pick::Instance(2)]);
+        shared.health("127.0.0.1:9002").set_healthy(false);
+        for _ in 0..6 {
+            assert_ne!(slot.pick(None), Pick::Instance(1));
+            assert!(matches!(slot.pick(Some(0)), Pick::Instance(2)));
+        }
+        shared.health("127.0.0.1:9001").set_healthy(false);
+        shared.health("127.0.0.1:9003").set_healthy(false);
+        assert_eq!(slot.pick(None), Pick::NoneHealthy);
+        let empty = t.slot(t.route(b"staging.shop.example.com").unwrap());
+        assert_eq!(empty.pick(None), Pick::Empty);
+    }
+
+    #[test]
+    fn sticky_headers_are_precomputed() {
+        let (t, _) = table();
+        let slot = t.slot(t.route(b"shop.example.com").unwrap());
+        assert_eq!(slot.headers.len(), 1);
+        assert_eq!(&slot.headers[0].0[..], b"X-Slot");
+        assert_eq!(slot.headers[0].1, "production");
+        assert_eq!(slot.x_slot, "production");
+    }
+}

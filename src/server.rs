@@ -1,0 +1,220 @@
+//! `slotd serve`: assembles the process.
+//!
+//! Order matters: everything that can fail on bad input (config, token, state file,
+//! listen addresses) is checked before the Pingora server starts, so a bad start
+//! exits with one clear message and binds nothing it keeps. Then the Pingora server
+//! runs the proxy service on the traffic listeners and the admin API as a background
+//! service on the admin listener, and owns the process until shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::admin::{self, AdminState};
+use crate::config::{AdminAuth, Config, StateConfig};
+use crate::control::{ControlPlane, StartError};
+use crate::metrics::Metrics;
+use crate::proxy::SlotProxy;
+use crate::state;
+
+/// Why `serve` did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Token(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {what} {addr}: {reason}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
+}
+
+/// Command-line switches of `serve` that go to Pingora.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Take the listening sockets over from a running slotd (zero-downtime upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Reads the admin token the config names. `None` when auth is off.
+pub fn admin_token(config: &Config) -> Result<Option<String>, String> {
+    let token = match &config.admin.auth {
+        AdminAuth::None => return Ok(None),
+        AdminAuth::TokenFile(path) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                format!(
+                    "{}: admin.token_file: cannot read {}: {e} (create it with a long random token, e.g. `openssl rand -hex 32 > {}`)",
+                    config.file.display(),
+                    path.display(),
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+        AdminAuth::TokenEnv(var) => std::env::var(var)
+            .map_err(|_| {
+                format!(
+                    "{}: admin.token_env: the environment variable {var} is not set (export {var}=<a long random token>)",
+                    config.file.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+    };
+    if token.len() < 8 {
+        return Err(format!(
+            "{}: the admin token is {} characters long; use at least 8 (better 32 random hex characters)",
+            config.file.display(),
+            token.len()
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// Where the runtime files of this server go (upgrade socket, pid file): next to the
+/// state file.
+fn runtime_folder(config: &Config) -> PathBuf {
+    match &config.state {
+        StateConfig::File { path } => match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Runs the proxy and the admin API until the process is told to stop.
+/// Returns only on a start-up error.
+pub fn serve(config: Config, options: ServeOptions, on_ready: Option<Box<dyn FnOnce() + Send>>) -> Result<std::convert::Infallible, ServeError> {
+    let token = admin_token(&config).map_err(ServeError::Token)?;
+    let metrics = Arc::new(Metrics::new());
+
+    // The control plane starts on a short-lived runtime: it only reads the store and
+    // builds the first table. Afterwards it is driven from the admin runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    let store = state::open(&config);
+    let cp = rt.block_on(ControlPlane::start(config.clone(), store, metrics))?;
+    drop(rt);
+
+    let admin_listener = TcpListener::bind(config.admin.listen).map_err(|e| ServeError::Listen {
+        what: "the admin address",
+        addr: config.admin.listen,
+        reason: e.to_string(),
+    })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(|e| ServeError::Runtime(e.to_string()))?;
+    if !options.upgrade {
+        // Pingora reports a failed bind only by exiting; check first for a clear error.
+        for addr in &config.proxy.listen {
+            TcpListener::bind(addr).map_err(|e| ServeError::Listen {
+                what: "the proxy address",
+                addr: *addr,
+                reason: e.to_string(),
+            })?;
+        }
+    }
+
+    let folder = absolute(&runtime_folder(&config));
+    let _ = std::fs::create_dir_all(&folder);
+    let mut conf = ServerConf {
+        threads: config.proxy.threads,
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: folder.join("slotd-upgrade.sock").display().to_string(),
+        pid_file: folder.join("slotd.pid").display().to_string(),
+        ..ServerConf::default()
+    };
+    conf.daemon = options.daemon;
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut server_options = HttpServerOptions::default();
+    server_options.h2c = true;
+    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, SlotProxy::new(cp.routing()))
+        .name("slotd proxy")
+        .server_options(server_options)
+        .build();
+    for addr in &config.proxy.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    let admin = AdminService {
+        listener: Mutex::new(Some(admin_listener)),
+        router: admin::router(AdminState {
+            cp: cp.clone(),
+            token: token.map(Arc::from),
+        }),
+        on_ready: Mutex::new(on_ready),
+    };
+    let mut admin = background_service("admin API", admin);
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    tracing::info!(
+        proxy = ?config.proxy.listen,
+        admin = %config.admin.listen,
+        state = %cp.describe_store(),
+        apps = config.apps.len(),
+        "slotd serving"
+    );
+    server.run_forever()
+}
+
+/// The admin API as a Pingora background service.
+struct AdminService {
+    listener: Mutex<Option<TcpListener>>,
+    router: axum::Router,
+    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin API cannot use its listener");
+                return;
+            }
+        };
+        if let Some(ready) = self.on_ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            ready();
+        }
+        let served = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The `file` backend: one JSON document, replaced atomically.
+//!
+//! A write goes to a temporary file in the same folder, is fsynced, renamed over the
+//! old file, and the folder is fsynced, so after a crash the file holds either the
+//! old state or the new one, never a mix. A file that exists but cannot be read or
+//! parsed is an error and is never overwritten by start-up.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{StateError, StateStore};
+use crate::model::{State, STATE_FORMAT};
+
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(path: PathBuf) -> Self {
+        FileStore { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read(path: &Path) -> Result<Option<State>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(StateError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    let state: State = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if state.format != STATE_FORMAT {
+        return Err(StateError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "format {} is not the format {STATE_FORMAT} this slotd reads",
+                state.format
+            ),
+        });
+    }
+    Ok(Some(state))
+}
+
+fn write(path: &Path, state: &State) -> Result<(), StateError> {
+    let fail = |what: &str, e: std::io::Error| StateError::Write {
+        path: path.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    };
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&folder).map_err(|e| fail("cannot create its folder", e))?;
+    let mut body = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    body.push(b'\n');
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into());
+    let tmp = folder.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| fail("cannot create a temporary file", e))?;
+        f.write_all(&body).map_err(|e| fail("write failed", e))?;
+        f.sync_all().map_err(|e| fail("fsync failed", e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| fail("rename failed", e))?;
+        File::open(&folder)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail("fsync of the folder failed", e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[async_trait]
+impl StateStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    async fn load(&self) -> Result<Option<State>, StateError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || read(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Read {
+                    path: self.path.clone(),
+                    reason: format!("reader task failed: {e}"),
+                })
+            })
+    }
+
+    async fn save(&self, state: &State, _changed_app: &str) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || write(&path, &state))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Write {
+                    path: self.path.clone(),
+                    reason: format!("writer task failed: {e}"),
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_then_read_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        let mut state = State {
+            format: STATE_FORMAT,
+            ..State::default()
+        };
+        state.apps.insert("shop".into(), Default::default());
+        write(&path, &state).unwrap();
+        assert_eq!(read(&path).unwrap(), Some(state));
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn a_missing_file_is_no_state_and_a_corrupt_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(read(&path).unwrap(), None);
+        fs::write(&path, "{not json").unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("state.json is not valid slotd state"), "{err}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+    }
+}

@@ -1,0 +1,108 @@
+//! The state store: where swaps, deploys and swap history live durably.
+//!
+//! The config gives each slot its *initial* deployment; after that the store is the
+//! truth, so a restart never undoes a swap. [`StateStore`] is the seam between the
+//! control plane and the backend: `file` (embedded default) today, etcd for fleets
+//! later. [`reconcile`] merges what the store holds with the config at start-up: new
+//! slots are seeded from the config, a stored slot that the config dropped while it
+//! still holds a deployment is refused.
+
+mod file;
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+
+pub use file::FileStore;
+
+use crate::config::{Config, StateConfig};
+use crate::model::{now_rfc3339, AppState, Deployment, State, STATE_FORMAT};
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("the state file {path} is not valid slotd state: {reason} (it was left untouched: fix it, or move it away to start from the config's initial deployments)")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write the state file {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Durable storage of [`State`].
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Where the state lives, for messages.
+    fn describe(&self) -> String;
+
+    /// The stored state, or `None` when nothing has been stored yet.
+    async fn load(&self) -> Result<Option<State>, StateError>;
+
+    /// Durably stores `state`, in which the app `changed_app` changed. Returns only
+    /// once the change would survive a crash; on error nothing is considered stored.
+    async fn save(&self, state: &State, changed_app: &str) -> Result<(), StateError>;
+}
+
+/// Opens the store the config names.
+pub fn open(config: &Config) -> Box<dyn StateStore> {
+    match &config.state {
+        StateConfig::File { path } => Box::new(FileStore::new(path.clone())),
+    }
+}
+
+/// Merges stored state with the config. Returns the state to serve and whether it
+/// differs from what was stored (so the caller saves it before serving).
+pub fn reconcile(config: &Config, stored: Option<State>) -> Result<(State, bool), Vec<String>> {
+    let mut changed = stored.is_none();
+    let mut state = stored.unwrap_or_else(|| State {
+        format: STATE_FORMAT,
+        ..State::default()
+    });
+    let mut errors = Vec::new();
+    for app in &config.apps {
+        let app_state = state.apps.entry(app.name.clone()).or_insert_with(|| {
+            changed = true;
+            AppState::default()
+        });
+        for slot in &app.slots {
+            if app_state.slots.contains_key(&slot.name) {
+                continue;
+            }
+            changed = true;
+            let deployment = slot.initial.as_ref().map(|init| {
+                let mut settings = slot.settings.clone();
+                settings.retain(|k, _| !slot.sticky_settings.contains(k));
+                Deployment {
+                    id: app_state.new_deployment_id(),
+                    version: init.version.clone(),
+                    instances: init.instances.clone(),
+                    settings,
+                    created_at: now_rfc3339(),
+                }
+            });
+            app_state.slots.insert(slot.name.clone(), deployment);
+        }
+        let dropped: Vec<String> = app_state
+            .slots
+            .keys()
+            .filter(|s| app.slot(s).is_none())
+            .cloned()
+            .collect();
+        for slot in dropped {
+            match app_state.deployment(&slot) {
+                Some(d) => errors.push(format!(
+                    "app `{}`: slot `{slot}` is not in the config but holds deployment {} ({}); add the slot back, or swap or move that deployment out first",
+                    app.name, d.id, d.version
+                )),
+                None => {
+                    app_state.slots.remove(&slot);
+                    changed = true;
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok((state, changed))
+    } else {
+        Err(errors)
+    }
+}

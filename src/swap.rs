@@ -1,0 +1,587 @@
+//! The swap engine.
+//!
+//! LIFECYCLE (one app at a time, under [`ControlPlane::begin`]):
+//!
+//! ```text
+//! validate ─► apply-settings ─► warm-up ─┬─► switch ─► settle ─► completed
+//!    │ 404/409/422                │ fail │
+//!    ▼                            ▼      └─► (preview) ─► complete ─► switch ─► settle
+//!  refused, no record          failed                   └─► cancel ─► cancelled
+//! ```
+//!
+//! * `validate`: both slots exist and differ, the source holds a deployment, no swap of
+//!   the app is under way or waiting in preview.
+//! * `apply-settings`: the source pool is prepared to serve with the target slot's
+//!   sticky properties: its warm-up requests carry the target's first hostname and
+//!   sticky headers, and the table built at `switch` gives it the target's headers.
+//! * `warm-up`: every source instance is sent warm-up requests directly; any failure
+//!   stops the swap (`failed`, naming the instance). Routing never changed.
+//! * `switch`: the two slots exchange deployments in the state store (durable first),
+//!   then the new routing table is published. In-flight requests keep the table they
+//!   started with; every new request sees the new one.
+//! * `settle`: the old target pool, now in the source slot, is warmed with the source
+//!   slot's properties. A failure here is reported in the phase, not reverted.
+//!
+//! A rollback is a swap of the same source and target as the last completed swap,
+//! allowed only while the two slots still hold what that swap left there.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use crate::config::{AppConfig, SlotConfig};
+use crate::control::{AppGuard, ControlPlane, OpError};
+use crate::model::{
+    now_rfc3339, AppState, Deployment, DeploymentRef, PhaseRecord, SwapRecord, SwapState,
+    SwapTrigger,
+};
+use crate::routing::upstream_headers;
+use crate::warmup::{fmt_duration, warm_up, WarmupPlan};
+
+/// What a caller asks for.
+#[derive(Debug, Clone)]
+pub struct SwapRequest {
+    pub source: String,
+    pub target: String,
+    pub preview: bool,
+    pub trigger: SwapTrigger,
+}
+
+/// What validation found: the two slots and what they hold.
+struct Plan {
+    source: SlotConfig,
+    target: SlotConfig,
+    source_deployment: Deployment,
+    target_deployment: Option<Deployment>,
+}
+
+/// Times one phase and turns it into a record.
+struct PhaseTimer {
+    name: &'static str,
+    started_at: String,
+    start: Instant,
+}
+
+impl PhaseTimer {
+    fn start(name: &'static str) -> Self {
+        PhaseTimer {
+            name,
+            started_at: now_rfc3339(),
+            start: Instant::now(),
+        }
+    }
+
+    fn finish(self, ok: bool, detail: impl Into<String>) -> PhaseRecord {
+        let detail = detail.into();
+        let duration_ms = self.start.elapsed().as_millis() as u64;
+        if ok {
+            tracing::info!(phase = self.name, duration_ms, ok, detail = %detail, "swap phase");
+        } else {
+            tracing::warn!(phase = self.name, duration_ms, ok, detail = %detail, "swap phase");
+        }
+        PhaseRecord {
+            name: self.name.to_string(),
+            started_at: self.started_at,
+            duration_ms,
+            ok,
+            detail,
+        }
+    }
+}
+
+/// Runs a swap to its end: `completed`, `failed`, or `preview` when asked.
+/// Refusals (unknown app or slot, a swap under way, nothing to swap) are errors and
+/// leave no record.
+pub async fn swap(cp: &ControlPlane, app: &str, req: SwapRequest) -> Result<SwapRecord, OpError> {
+    let guard = cp.begin(app)?;
+    run_swap(cp, &guard, app, req, None).await
+}
+
+/// Swaps back the last completed swap of `app`.
+pub async fn rollback(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
+    let guard = cp.begin(app)?;
+    let (_, st) = cp.app(app).await?;
+    let last = st
+        .history
+        .iter()
+        .find(|r| r.state == SwapState::Completed)
+        .ok_or_else(|| OpError::Conflict(format!("nothing to roll back: app `{app}` has no completed swap")))?
+        .clone();
+    // The slots must still hold what that swap left: the old target deployment in
+    // the source slot and the old source deployment in the target slot.
+    for (slot, expected) in [
+        (&last.source, &last.target_deployment),
+        (&last.target, &last.source_deployment),
+    ] {
+        let now = st.deployment(slot).map(DeploymentRef::from);
+        if now.as_ref().map(|d| &d.id) != expected.as_ref().map(|d| &d.id) {
+            return Err(OpError::Conflict(format!(
+                "cannot roll back swap {}: slot `{slot}` now holds {}, not {} which that swap left there",
+                last.id,
+                describe(now.as_ref()),
+                describe(expected.as_ref()),
+            )));
+        }
+    }
+    let req = SwapRequest {
+        source: last.source.clone(),
+        target: last.target.clone(),
+        preview: false,
+        trigger: SwapTrigger::Rollback,
+    };
+    run_swap(cp, &guard, app, req, Some(last.id)).await
+}
+
+fn describe(d: Option<&DeploymentRef>) -> String {
+    match d {
+        Some(d) => format!("{} ({})", d.id, d.version),
+        None => "nothing".into(),
+    }
+}
+
+async fn run_swap(
+    cp: &ControlPlane,
+    _guard: &AppGuard<'_>,
+    app: &str,
+    req: SwapRequest,
+    rollback_of: Option<String>,
+) -> Result<SwapRecord, OpError> {
+    let validate = PhaseTimer::start("validate");
+    let (config, st) = cp.app(app).await?;
+    let app_config = config.app(app).expect("checked by cp.app");
+    let plan = validate_swap(app_config, &st, &req)?;
+    let id = next_swap_id(&st);
+    let span = tracing::info_span!("swap", app, swap_id = %id, source = %req.source, target = %req.target);
+    async move {
+        let mut rec = SwapRecord {
+            id,
+            app: app.to_string(),
+            source: req.source.clone(),
+            target: req.target.clone(),
+            state: SwapState::Running,
+            trigger: req.trigger,
+            rollback_of,
+            started_at: validate.started_at.clone(),
+            finished_at: None,
+            phases: Vec::new(),
+            error: None,
+            source_deployment: Some(DeploymentRef::from(&plan.source_deployment)),
+            target_deployment: plan.target_deployment.as_ref().map(DeploymentRef::from),
+        };
+        rec.phases.push(validate.finish(
+            true,
+            format!(
+                "{} ({}) in `{}` will go to `{}`, which holds {}",
+                plan.source_deployment.id,
+                plan.source_deployment.version,
+                req.source,
+                req.target,
+                describe(rec.target_deployment.as_ref())
+            ),
+        ));
+
+        // apply-settings
+        let phase = PhaseTimer::start("apply-settings");
+        let warm = warmup_plan(app_config, &plan.target, Some(&plan.source_deployment));
+        let header_names: Vec<&str> = warm.headers.iter().map(|(k, _)| k.as_str()).collect();
+        rec.phases.push(phase.finish(
+            true,
+            format!(
+                "the source pool will serve `{}` as Host {} with sticky headers [{}]",
+                req.target,
+                warm.host,
+                header_names.join(", ")
+            ),
+        ));
+
+        // warm-up
+        let phase = PhaseTimer::start("warm-up");
+        if let Err(why) = run_warmup(&plan.source_deployment, &warm).await {
+            rec.phases.push(phase.finish(false, why.clone()));
+            return Ok(fail(cp, rec, why).await);
+        }
+        rec.phases.push(phase.finish(
+            true,
+            format!(
+                "{} instance(s) of {} answered {} on {}",
+                plan.source_deployment.instances.len(),
+                plan.source_deployment.id,
+                accepted_text(app_config),
+                warm.config_path()
+            ),
+        ));
+
+        if req.preview {
+            rec.state = SwapState::Preview;
+            let pending = rec.clone();
+            cp.commit_without_routing(app, |_, st| {
+                st.next_swap = st.next_swap.max(parse_seq(&pending.id));
+                st.pending_swap = Some(pending);
+                Ok(())
+            })
+            .await?;
+            tracing::info!("swap waits in preview: complete or cancel it");
+            return Ok(rec);
+        }
+        switch_and_settle(cp, app, rec).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// `POST .../swap/complete`: runs switch and settle for the swap in preview.
+pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
+    let _guard = cp.begin(app)?;
+    let (config, st) = cp.app(app).await?;
+    let rec = st.pending_swap.clone().ok_or_else(|| {
+        OpError::Conflict(format!("nothing to complete: no swap of app `{app}` is waiting in preview"))
+    })?;
+    let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
+    async move {
+        // The slots must still hold what the preview warmed.
+        let app_config = config.app(app).expect("checked by cp.app");
+        let unchanged = st.deployment(&rec.source).map(|d| &d.id) == rec.source_deployment.as_ref().map(|d| &d.id)
+            && st.deployment(&rec.target).map(|d| &d.id) == rec.target_deployment.as_ref().map(|d| &d.id)
+            && app_config.slot(&rec.source).is_some()
+            && app_config.slot(&rec.target).is_some();
+        if !unchanged {
+            let mut rec = rec;
+            let why = "the slots no longer hold what the preview warmed up".to_string();
+            rec.phases.push(PhaseTimer::start("switch").finish(false, why.clone()));
+            return Ok(fail(cp, rec, why).await);
+        }
+        switch_and_settle(cp, app, rec).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// `POST .../swap/cancel`: ends the swap in preview; routing never changed.
+pub async fn cancel(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
+    let _guard = cp.begin(app)?;
+    let (_, st) = cp.app(app).await?;
+    let mut rec = st.pending_swap.clone().ok_or_else(|| {
+        OpError::Conflict(format!("nothing to cancel: no swap of app `{app}` is waiting in preview"))
+    })?;
+    let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
+    async move {
+        rec.phases.push(PhaseTimer::start("cancel").finish(
+            true,
+            "cancelled in preview; routing never changed",
+        ));
+        rec.state = SwapState::Cancelled;
+        rec.finished_at = Some(now_rfc3339());
+        let done = rec.clone();
+        cp.commit_without_routing(app, |_, st| {
+            st.pending_swap = None;
+            st.record(done);
+            Ok(())
+        })
+        .await?;
+        cp.metrics().swap_finished(app, "cancelled");
+        Ok(rec)
+    }
+    .instrument(span)
+    .await
+}
+
+async fn switch_and_settle(
+    cp: &ControlPlane,
+    app: &str,
+    mut rec: SwapRecord,
+) -> Result<SwapRecord, OpError> {
+    let phase = PhaseTimer::start("switch");
+    let source_id = rec.source_deployment.as_ref().map(|d| d.id.clone());
+    let target_id = rec.target_deployment.as_ref().map(|d| d.id.clone());
+    let switched = {
+        let mut rec_for_state = rec.clone();
+        rec_for_state.state = SwapState::Completed;
+        rec_for_state.phases.push(PhaseRecord {
+            name: "switch".into(),
+            started_at: phase.started_at.clone(),
+            duration_ms: 0,
+            ok: true,
+            detail: "state written; routing published".into(),
+        });
+        let (source, target) = (rec.source.clone(), rec.target.clone());
+        cp.commit(app, move |_, st| {
+            let s = st.slots.get(&source).cloned().flatten();
+            let t = st.slots.get(&target).cloned().flatten();
+            if s.as_ref().map(|d| &d.id) != source_id.as_ref() || t.as_ref().map(|d| &d.id) != target_id.as_ref() {
+                return Err(OpError::Conflict(
+                    "the slots changed while the swap was warming up; nothing was switched".into(),
+                ));
+            }
+            st.slots.insert(source, t);
+            st.slots.insert(target, s);
+            st.pending_swap = None;
+            st.next_swap = st.next_swap.max(parse_seq(&rec_for_state.id));
+            st.record(rec_for_state);
+            Ok(())
+        })
+        .await
+    };
+    if let Err(e) = switched {
+        let why = e.to_string();
+        rec.phases.push(phase.finish(false, why.clone()));
+        if matches!(e, OpError::Store(_)) {
+            // Nothing was written: the swap did not happen and no record can be kept.
+            cp.metrics().swap_finished(app, "failed");
+            return Err(e);
+        }
+        return Ok(fail(cp, rec, why).await);
+    }
+    rec.phases.push(phase.finish(true, "state written; routing published"));
+
+    // settle: the old target pool now serves the source slot.
+    let phase = PhaseTimer::start("settle");
+    let (config, st) = cp.app(app).await?;
+    let app_config = config.app(app).expect("checked by cp.app");
+    let settle = match (st.deployment(&rec.source), app_config.slot(&rec.source)) {
+        (Some(old_target), Some(source_slot)) => {
+            let warm = warmup_plan(app_config, source_slot, Some(old_target));
+            match run_warmup(old_target, &warm).await {
+                Ok(()) => phase.finish(
+                    true,
+                    format!("{} now serves `{}` and is warm", old_target.id, rec.source),
+                ),
+                Err(why) => phase.finish(
+                    false,
+                    format!("{} now serves `{}` but did not warm up: {why}", old_target.id, rec.source),
+                ),
+            }
+        }
+        _ => phase.finish(true, format!("`{}` is now empty; nothing to warm", rec.source)),
+    };
+    rec.phases.push(settle);
+    rec.state = SwapState::Completed;
+    rec.finished_at = Some(now_rfc3339());
+    let done = rec.clone();
+    if let Err(e) = cp
+        .commit_without_routing(app, |_, st| {
+            replace_record(st, done);
+            Ok(())
+        })
+        .await
+    {
+        tracing::error!(error = %e, "swap completed but its final record could not be stored");
+    }
+    cp.metrics().swap_finished(app, "completed");
+    tracing::info!("swap completed");
+    Ok(rec)
+}
+
+/// Records a failed swap in the history and returns its record.
+async fn fail(cp: &ControlPlane, mut rec: SwapRecord, why: String) -> SwapRecord {
+    rec.state = SwapState::Failed;
+    rec.error = Some(why);
+    rec.finished_at = Some(now_rfc3339());
+    let done = rec.clone();
+    let id = rec.id.clone();
+    if let Err(e) = cp
+        .commit_without_routing(&rec.app, |_, st| {
+            if st.pending_swap.as_ref().is_some_and(|p| p.id == id) {
+                st.pending_swap = None;
+            }
+            st.next_swap = st.next_swap.max(parse_seq(&id));
+            st.record(done);
+            Ok(())
+        })
+        .await
+    {
+        tracing::error!(error = %e, "swap failed and its record could not be stored");
+    }
+    cp.metrics().swap_finished(&rec.app, "failed");
+    tracing::warn!(error = rec.error.as_deref().unwrap_or(""), "swap failed; routing unchanged");
+    rec
+}
+
+fn replace_record(st: &mut AppState, rec: SwapRecord) {
+    match st.history.iter_mut().find(|r| r.id == rec.id) {
+        Some(r) => *r = rec,
+        None => st.record(rec),
+    }
+}
+
+fn next_swap_id(st: &AppState) -> String {
+    format!("s{}", st.next_swap + 1)
+}
+
+fn parse_seq(id: &str) -> u64 {
+    id.trim_start_matches('s').parse().unwrap_or(0)
+}
+
+fn validate_swap(app: &AppConfig, st: &AppState, req: &SwapRequest) -> Result<Plan, OpError> {
+    let slot = |name: &str, field: &str| {
+        if name.is_empty() {
+            return Err(OpError::Invalid(format!("{field}: name a slot")));
+        }
+        app.slot(name).cloned().ok_or_else(|| OpError::UnknownSlot {
+            app: app.name.clone(),
+            slot: name.to_string(),
+        })
+    };
+    let source = slot(&req.source, "source")?;
+    let target = slot(&req.target, "target")?;
+    if source.name == target.name {
+        return Err(OpError::Invalid(format!(
+            "source and target are both `{}`; name two different slots",
+            source.name
+        )));
+    }
+    if let Some(p) = &st.pending_swap {
+        return Err(OpError::Conflict(format!(
+            "swap {} of `{}` into `{}` is waiting in preview; complete or cancel it first",
+            p.id, p.source, p.target
+        )));
+    }
+    let source_deployment = st.deployment(&source.name).cloned().ok_or_else(|| {
+        OpError::Invalid(format!(
+            "source: slot `{}` holds no deployment; deploy to it first",
+            source.name
+        ))
+    })?;
+    let target_deployment = st.deployment(&target.name).cloned();
+    Ok(Plan {
+        source,
+        target,
+        source_deployment,
+        target_deployment,
+    })
+}
+
+/// Warm-up requests as `slot` would send them with `deployment` in it: its first
+/// hostname, its sticky headers and its settings headers.
+fn warmup_plan(app: &AppConfig, slot: &SlotConfig, deployment: Option<&Deployment>) -> WarmupPlan {
+    let headers = upstream_headers(app, slot, deployment)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((
+                http::HeaderName::from_bytes(k.as_bytes()).ok()?,
+                http::HeaderValue::from_str(&v).ok()?,
+            ))
+        })
+        .collect();
+    WarmupPlan {
+        path: app.warmup.path.clone(),
+        host: slot.hosts.first().cloned().unwrap_or_default(),
+        headers,
+        config: app.warmup.clone(),
+    }
+}
+
+impl WarmupPlan {
+    fn config_path(&self) -> &str {
+        &self.path
+    }
+}
+
+fn accepted_text(app: &AppConfig) -> String {
+    if app.warmup.statuses.is_empty() {
+        "with a response".into()
+    } else {
+        format!("with one of {:?}", app.warmup.statuses)
+    }
+}
+
+/// Warms a deployment; the error names every instance that failed and why.
+async fn run_warmup(d: &Deployment, plan: &WarmupPlan) -> Result<(), String> {
+    let results = warm_up(&d.instances, plan).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| {
+            format!(
+                "instance {} did not warm up: {}",
+                r.address,
+                r.error.as_deref().unwrap_or("unknown reason")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} (warm-up: GET {} with Host {}, within {})",
+            failed.join("; "),
+            plan.path,
+            plan.host,
+            fmt_duration(plan.config.timeout)
+        ))
+    }
+}
+
+/// What a swap would do, computed without doing anything (`dry_run`).
+#[derive(Debug, serde::Serialize)]
+pub struct SwapPlan {
+    pub dry_run: bool,
+    pub app: String,
+    pub source: String,
+    pub target: String,
+    /// Each pool and where it goes.
+    pub moves: Vec<PoolMove>,
+    /// The warm-up the source pool would get.
+    pub warmup: WarmupView,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PoolMove {
+    pub deployment: Option<DeploymentRef>,
+    pub from: String,
+    pub to: String,
+    /// Hostnames it would answer after the swap.
+    pub hosts: Vec<String>,
+    /// Upstream request headers it serves with now, and would serve with after.
+    pub headers_before: BTreeMap<String, String>,
+    pub headers_after: BTreeMap<String, String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct WarmupView {
+    pub path: String,
+    pub host: String,
+    pub statuses: Vec<u16>,
+    pub instances: Vec<String>,
+}
+
+/// Validates a swap and describes it; changes nothing.
+pub async fn plan(cp: &ControlPlane, app: &str, req: &SwapRequest) -> Result<SwapPlan, OpError> {
+    let (config, st) = cp.app(app).await?;
+    let app_config = config.app(app).expect("checked by cp.app");
+    let plan = validate_swap(app_config, &st, req)?;
+    let headers = |slot: &SlotConfig, d: Option<&Deployment>| -> BTreeMap<String, String> {
+        upstream_headers(app_config, slot, d).into_iter().collect()
+    };
+    let moves = vec![
+        PoolMove {
+            deployment: Some(DeploymentRef::from(&plan.source_deployment)),
+            from: plan.source.name.clone(),
+            to: plan.target.name.clone(),
+            hosts: plan.target.hosts.clone(),
+            headers_before: headers(&plan.source, Some(&plan.source_deployment)),
+            headers_after: headers(&plan.target, Some(&plan.source_deployment)),
+        },
+        PoolMove {
+            deployment: plan.target_deployment.as_ref().map(DeploymentRef::from),
+            from: plan.target.name.clone(),
+            to: plan.source.name.clone(),
+            hosts: plan.source.hosts.clone(),
+            headers_before: headers(&plan.target, plan.target_deployment.as_ref()),
+            headers_after: headers(&plan.source, plan.target_deployment.as_ref()),
+        },
+    ];
+    Ok(SwapPlan {
+        dry_run: true,
+        app: app.to_string(),
+        source: plan.source.name.clone(),
+        target: plan.target.name.clone(),
+        moves,
+        warmup: WarmupView {
+            path: app_config.warmup.path.clone(),
+            host: plan.target.hosts.first().cloned().unwrap_or_default(),
+            statuses: app_config.warmup.statuses.clone(),
+            instances: plan.source_deployment.instances.clone(),
+        },
+    })
+}
