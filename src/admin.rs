@@ -79,7 +79,9 @@ impl IntoResponse for ApiError {
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         let (status, code) = match &e {
-            OpError::UnknownApp(_) | OpError::UnknownSlot { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            OpError::UnknownApp(_) | OpError::UnknownSlot { .. } => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             OpError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             OpError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_store_unavailable"),
@@ -96,7 +98,10 @@ pub fn router(state: AdminState) -> Router {
     let v1 = Router::new()
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{app}", get(get_app))
-        .route("/v1/apps/{app}/slots/{slot}/deployment", put(put_deployment))
+        .route(
+            "/v1/apps/{app}/slots/{slot}/deployment",
+            put(put_deployment),
+        )
         .route("/v1/apps/{app}/swap", post(post_swap))
         .route("/v1/apps/{app}/swap/complete", post(post_complete))
         .route("/v1/apps/{app}/swap/cancel", post(post_cancel))
@@ -117,7 +122,10 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no admin route {method} {}; the routes are listed in the README", uri.path()),
+        format!(
+            "no admin route {method} {}; the routes are listed in the README",
+            uri.path()
+        ),
     )
 }
 
@@ -129,7 +137,12 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-async fn require_token(State(state): State<AdminState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
@@ -160,7 +173,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.cp.metrics().render(),
     )
         .into_response()
@@ -169,7 +185,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 // === bodies ===
 
 /// Parses a JSON body; every failure is a 422 naming what was wrong.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, allow_empty: bool) -> Result<Option<T>, ApiError> {
+fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    allow_empty: bool,
+) -> Result<Option<T>, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -192,7 +211,9 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, allow_em
         .map_err(|e| ApiError::invalid(format!("body: {e}")))
 }
 
-fn path_params<T>(p: Result<Path<T>, axum::extract::rejection::PathRejection>) -> Result<T, ApiError> {
+fn path_params<T>(
+    p: Result<Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ApiError> {
     p.map(|Path(t)| t)
         .map_err(|e| ApiError::invalid(format!("path: {e}")))
 }
@@ -296,7 +317,10 @@ async fn list_apps(State(state): State<AdminState>) -> ApiResult {
     Ok(Json(json!({ "apps": apps })).into_response())
 }
 
-async fn get_app(State(state): State<AdminState>, p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> ApiResult {
+async fn get_app(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
     let app = path_params(p)?;
     let (config, st) = state.cp.app(&app).await?;
     let app_config = config.app(&app).expect("checked by cp.app");
@@ -369,22 +393,34 @@ async fn post_swap(
     Ok(Json(rec).into_response())
 }
 
-async fn post_complete(State(state): State<AdminState>, p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> ApiResult {
+async fn post_complete(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::complete(&state.cp, &app).await?).into_response())
 }
 
-async fn post_cancel(State(state): State<AdminState>, p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> ApiResult {
+async fn post_cancel(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::cancel(&state.cp, &app).await?).into_response())
 }
 
-async fn post_rollback(State(state): State<AdminState>, p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> ApiResult {
+async fn post_rollback(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::rollback(&state.cp, &app).await?).into_response())
 }
 
-async fn get_swaps(State(state): State<AdminState>, p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> ApiResult {
+async fn get_swaps(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> ApiResult {
     let app = path_params(p)?;
     let (_, st) = state.cp.app(&app).await?;
     let mut swaps: Vec<&crate::model::SwapRecord> = Vec::with_capacity(st.history.len() + 1);

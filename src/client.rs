@@ -73,22 +73,30 @@ impl AdminClient {
         Ok(AdminClient {
             authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
-            token: token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+            token: token
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
         })
     }
 
     /// Sends one request; a 2xx answer's JSON body, or the server's error message.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let conn_err = |what: &str, e: &dyn std::fmt::Display| {
             ClientError::Connection(format!(
                 "cannot reach the slotd admin API at http://{}: {what}: {e} (is `slotd serve` running? set --admin or SLOTD_ADMIN)",
                 self.authority
             ))
         };
-        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&self.authority))
-            .await
-            .map_err(|e| conn_err("connect", &e))?
-            .map_err(|e| conn_err("connect", &e))?;
+        let stream =
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&self.authority))
+                .await
+                .map_err(|e| conn_err("connect", &e))?
+                .map_err(|e| conn_err("connect", &e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| conn_err("handshake", &e))?;
@@ -97,7 +105,10 @@ impl AdminClient {
             .method(method)
             .uri(format!("{}{path}", self.base_path))
             .header(http::header::HOST, &self.authority)
-            .header(http::header::USER_AGENT, concat!("slotd-cli/", env!("CARGO_PKG_VERSION")));
+            .header(
+                http::header::USER_AGENT,
+                concat!("slotd-cli/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(t) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -204,7 +215,11 @@ pub fn print_app(app: &Value) -> String {
             .map(|list| {
                 list.iter()
                     .map(|i| {
-                        let mark = if i["healthy"].as_bool() == Some(true) { "" } else { " (unhealthy)" };
+                        let mark = if i["healthy"].as_bool() == Some(true) {
+                            ""
+                        } else {
+                            " (unhealthy)"
+                        };
                         format!("{}{mark}", s(&i["address"]))
                     })
                     .collect::<Vec<_>>()
@@ -215,10 +230,19 @@ pub fn print_app(app: &Value) -> String {
             .as_array()
             .map(|h| h.iter().map(s).collect::<Vec<_>>().join(", "))
             .unwrap_or_default();
-        rows.push(vec![s(&slot["name"]), hosts, s(&d["version"]), s(&d["id"]), instances]);
+        rows.push(vec![
+            s(&slot["name"]),
+            hosts,
+            s(&d["version"]),
+            s(&d["id"]),
+            instances,
+        ]);
     }
     let mut out = format!("app {}\n", s(&app["name"]));
-    out.push_str(&table(&["SLOT", "HOSTS", "VERSION", "DEPLOYMENT", "INSTANCES"], &rows));
+    out.push_str(&table(
+        &["SLOT", "HOSTS", "VERSION", "DEPLOYMENT", "INSTANCES"],
+        &rows,
+    ));
     if let Some(p) = app["current_swap"].as_object() {
         out.push_str(&format!(
             "swap {} of {} into {} is waiting in preview: `slotd swap complete --app {}` or `slotd swap cancel --app {}`\n",
@@ -249,7 +273,11 @@ pub fn print_swap(rec: &Value) -> String {
         .map(|p| {
             vec![
                 s(&p["name"]),
-                if p["ok"].as_bool() == Some(true) { "ok".into() } else { "FAILED".into() },
+                if p["ok"].as_bool() == Some(true) {
+                    "ok".into()
+                } else {
+                    "FAILED".into()
+                },
                 format!("{}ms", s(&p["duration_ms"])),
                 s(&p["detail"]),
             ]
@@ -294,7 +322,10 @@ pub fn print_history(swaps: &Value) -> String {
     if rows.is_empty() {
         return "no swaps yet\n".into();
     }
-    table(&["ID", "STARTED", "SWAP", "TRIGGER", "STATE", "ERROR"], &rows)
+    table(
+        &["ID", "STARTED", "SWAP", "TRIGGER", "STATE", "ERROR"],
+        &rows,
+    )
 }
 
 /// A dry-run plan.
@@ -307,11 +338,19 @@ pub fn print_plan(plan: &Value) -> String {
     );
     for m in plan["moves"].as_array().into_iter().flatten() {
         let d = &m["deployment"];
-        let name = if d.is_null() { "nothing".to_string() } else { format!("{} ({})", s(&d["id"]), s(&d["version"])) };
+        let name = if d.is_null() {
+            "nothing".to_string()
+        } else {
+            format!("{} ({})", s(&d["id"]), s(&d["version"]))
+        };
         out.push_str(&format!("  {name}: {} -> {}\n", s(&m["from"]), s(&m["to"])));
         let before = m["headers_before"].as_object();
         let after = m["headers_after"].as_object();
-        let mut keys: Vec<&String> = before.into_iter().flat_map(|o| o.keys()).chain(after.into_iter().flat_map(|o| o.keys())).collect();
+        let mut keys: Vec<&String> = before
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .chain(after.into_iter().flat_map(|o| o.keys()))
+            .collect();
         keys.sort();
         keys.dedup();
         for k in keys {
@@ -331,7 +370,10 @@ pub fn print_plan(plan: &Value) -> String {
         "  warm-up: GET {} with Host {} on {}\n",
         s(&w["path"]),
         s(&w["host"]),
-        w["instances"].as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+        w["instances"]
+            .as_array()
+            .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
     ));
     out
 }
@@ -349,8 +391,19 @@ mod tests {
     #[test]
     fn admin_urls() {
         assert!(AdminClient::new("http://127.0.0.1:9901", None).is_ok());
-        assert_eq!(AdminClient::new("http://localhost", None).unwrap().authority, "localhost:80");
-        assert!(matches!(AdminClient::new("127.0.0.1:9901", None), Err(ClientError::Usage(_))));
-        assert!(matches!(AdminClient::new("https://x:1", None), Err(ClientError::Usage(_))));
+        assert_eq!(
+            AdminClient::new("http://localhost", None)
+                .unwrap()
+                .authority,
+            "localhost:80"
+        );
+        assert!(matches!(
+            AdminClient::new("127.0.0.1:9901", None),
+            Err(ClientError::Usage(_))
+        ));
+        assert!(matches!(
+            AdminClient::new("https://x:1", None),
+            Err(ClientError::Usage(_))
+        ));
     }
 }

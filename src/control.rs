@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 
 use crate::config::{AppConfig, Config};
 use crate::metrics::Metrics;
-use crate::model::{check_instance_address, check_version, now_rfc3339, AppState, Deployment, State, MAX_INSTANCES};
+use crate::model::{
+    check_instance_address, check_version, now_rfc3339, AppState, Deployment, State, MAX_INSTANCES,
+};
 use crate::routing::{InstanceHealth, RoutingTable, SharedCounters};
 use crate::state::{self, StateError, StateStore};
 
@@ -220,13 +222,14 @@ impl ControlPlane {
         let table = RoutingTable::build(config, state, &self.shared, &self.metrics, generation);
         self.routing.store(Arc::new(table));
         self.metrics.set_generation(generation);
-        self.metrics.set_deployments(config.apps.iter().flat_map(|app| {
-            let app_state = state.apps.get(&app.name);
-            app.slots.iter().filter_map(move |slot| {
-                let d = app_state?.deployment(&slot.name)?;
-                Some((app.name.as_str(), slot.name.as_str(), d.version.as_str()))
-            })
-        }));
+        self.metrics
+            .set_deployments(config.apps.iter().flat_map(|app| {
+                let app_state = state.apps.get(&app.name);
+                app.slots.iter().filter_map(move |slot| {
+                    let d = app_state?.deployment(&slot.name)?;
+                    Some((app.name.as_str(), slot.name.as_str(), d.version.as_str()))
+                })
+            }));
         tracing::debug!(generation, "routing table published");
     }
 
@@ -294,7 +297,8 @@ fn validate_instances(instances: &[String]) -> Result<(), OpError> {
         )));
     }
     for (i, addr) in instances.iter().enumerate() {
-        check_instance_address(addr).map_err(|e| OpError::Invalid(format!("instances[{i}]: {e}")))?;
+        check_instance_address(addr)
+            .map_err(|e| OpError::Invalid(format!("instances[{i}]: {e}")))?;
         if instances[..i].contains(addr) {
             return Err(OpError::Invalid(format!(
                 "instances[{i}]: `{addr}` is listed twice"

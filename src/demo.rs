@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{self, Config, InitialDeployment, StateConfig};
-use crate::server::{self, ServeOptions, ServeError};
+use crate::server::{self, ServeError, ServeOptions};
 
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
@@ -69,8 +69,10 @@ async fn answer(id: Identity, req: Request<Incoming>) -> Result<Response<Full<By
 fn start_upstreams(ids: Vec<Identity>) -> Result<Vec<SocketAddr>, DemoError> {
     let mut listeners = Vec::new();
     for _ in &ids {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Upstreams(e.to_string()))?;
-        l.set_nonblocking(true).map_err(|e| DemoError::Upstreams(e.to_string()))?;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| DemoError::Upstreams(e.to_string()))?;
+        l.set_nonblocking(true)
+            .map_err(|e| DemoError::Upstreams(e.to_string()))?;
         listeners.push(l);
     }
     let addrs = listeners
@@ -97,7 +99,9 @@ fn start_upstreams(ids: Vec<Identity>) -> Result<Vec<SocketAddr>, DemoError> {
                     };
                     tokio::spawn(async move {
                         loop {
-                            let Ok((stream, _)) = listener.accept().await else { continue };
+                            let Ok((stream, _)) = listener.accept().await else {
+                                continue;
+                            };
                             let id = id.clone();
                             tokio::spawn(async move {
                                 let svc = service_fn(move |req| answer(id.clone(), req));
@@ -116,8 +120,14 @@ fn start_upstreams(ids: Vec<Identity>) -> Result<Vec<SocketAddr>, DemoError> {
 }
 
 /// The demo config with the real instance addresses, listeners and a fresh state.
-fn demo_config(listen: SocketAddr, admin: SocketAddr, blue: Vec<String>, green: Vec<String>) -> Result<Config, DemoError> {
-    let mut config = config::parse(Path::new("config/demo.toml"), DEMO_CONFIG).map_err(DemoError::Config)?;
+fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    blue: Vec<String>,
+    green: Vec<String>,
+) -> Result<Config, DemoError> {
+    let mut config =
+        config::parse(Path::new("config/demo.toml"), DEMO_CONFIG).map_err(DemoError::Config)?;
     config.proxy.listen = vec![listen];
     config.admin.listen = admin;
     let folder = std::env::temp_dir().join(format!("slotd-demo-{}", std::process::id()));
@@ -143,12 +153,31 @@ fn demo_config(listen: SocketAddr, admin: SocketAddr, blue: Vec<String>, green: 
 /// Runs the demo until interrupted.
 pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<Infallible, DemoError> {
     let ids = vec![
-        Identity { colour: "blue", version: "v1", name: "blue-1".into() },
-        Identity { colour: "blue", version: "v1", name: "blue-2".into() },
-        Identity { colour: "green", version: "v2", name: "green-1".into() },
-        Identity { colour: "green", version: "v2", name: "green-2".into() },
+        Identity {
+            colour: "blue",
+            version: "v1",
+            name: "blue-1".into(),
+        },
+        Identity {
+            colour: "blue",
+            version: "v1",
+            name: "blue-2".into(),
+        },
+        Identity {
+            colour: "green",
+            version: "v2",
+            name: "green-1".into(),
+        },
+        Identity {
+            colour: "green",
+            version: "v2",
+            name: "green-2".into(),
+        },
     ];
-    let addrs: Vec<String> = start_upstreams(ids)?.iter().map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = start_upstreams(ids)?
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let config = demo_config(listen, admin, addrs[..2].to_vec(), addrs[2..].to_vec())?;
     let port = listen.port();
     let admin_flag = if admin == SocketAddr::from(([127, 0, 0, 1], 9901)) {
@@ -168,7 +197,11 @@ pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<Infallible, DemoErro
          \n\n(from a checkout, `slotd` is `cargo run --release --`; stop the demo with Ctrl-C)\n"
     );
     let on_ready: Box<dyn FnOnce() + Send> = Box::new(move || println!("{intro}"));
-    Ok(server::serve(config, ServeOptions::default(), Some(on_ready))?)
+    Ok(server::serve(
+        config,
+        ServeOptions::default(),
+        Some(on_ready),
+    )?)
 }
 
 #[cfg(test)]
@@ -185,7 +218,23 @@ mod tests {
         )
         .expect("valid");
         let app = &c.apps[0];
-        assert_eq!(app.slot("production").unwrap().initial.as_ref().unwrap().instances, vec!["127.0.0.1:3"]);
-        assert_eq!(app.slot("staging").unwrap().initial.as_ref().unwrap().version, "v2");
+        assert_eq!(
+            app.slot("production")
+                .unwrap()
+                .initial
+                .as_ref()
+                .unwrap()
+                .instances,
+            vec!["127.0.0.1:3"]
+        );
+        assert_eq!(
+            app.slot("staging")
+                .unwrap()
+                .initial
+                .as_ref()
+                .unwrap()
+                .version,
+            "v2"
+        );
     }
 }

@@ -167,9 +167,12 @@ impl ClientArgs {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SLOTD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("SLOTD_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -179,13 +182,20 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, upgrade, daemon } => {
+        Command::Serve {
+            config,
+            upgrade,
+            daemon,
+        } => {
             init_logging(cli.log_format);
             let config = match slotd::config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
-                    eprintln!("slotd: not started: {} error(s) in the config", errors.len());
+                    eprintln!(
+                        "slotd: not started: {} error(s) in the config",
+                        errors.len()
+                    );
                     return ExitCode::from(1);
                 }
             };
@@ -197,7 +207,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { listen, admin_listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
             init_logging(cli.log_format);
             match slotd::demo::run(listen, admin_listen) {
                 Ok(never) => match never {},
@@ -209,7 +222,10 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => check(&config),
         other => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("slotd: cannot start a runtime: {e}");
@@ -262,7 +278,10 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// Prints `value` as JSON or with `table`; a swap record that ended `failed` is exit 1.
 fn show(json_out: bool, value: &Value, table: fn(&Value) -> String) -> Result<(), ClientError> {
     if json_out {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         print!("{}", table(value));
     }
@@ -285,13 +304,20 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
             let c = client.client()?;
             match app {
                 Some(app) => {
-                    let v = c.call(Method::GET, &format!("/v1/apps/{}", segment(&app)), None).await?;
+                    let v = c
+                        .call(Method::GET, &format!("/v1/apps/{}", segment(&app)), None)
+                        .await?;
                     show(client.json, &v, client::print_app)
                 }
                 None => {
                     let v = c.call(Method::GET, "/v1/apps", None).await?;
                     show(client.json, &v, |v| {
-                        let apps: Vec<String> = v["apps"].as_array().into_iter().flatten().map(client::print_app).collect();
+                        let apps: Vec<String> = v["apps"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(client::print_app)
+                            .collect();
                         if apps.is_empty() {
                             "no apps are configured\n".into()
                         } else {
@@ -301,10 +327,20 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
                 }
             }
         }
-        Command::Deploy { app, slot, version, instances, client } => {
+        Command::Deploy {
+            app,
+            slot,
+            version,
+            instances,
+            client,
+        } => {
             let c = client.client()?;
             let body = json!({"version": version, "instances": instances});
-            let path = format!("/v1/apps/{}/slots/{}/deployment", segment(&app), segment(&slot));
+            let path = format!(
+                "/v1/apps/{}/slots/{}/deployment",
+                segment(&app),
+                segment(&slot)
+            );
             let v = c.call(Method::PUT, &path, Some(body)).await?;
             show(client.json, &v, |v| {
                 let d = &v["deployment"];
@@ -315,22 +351,42 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
                     v["name"].as_str().unwrap_or("?"),
                     d["instances"]
                         .as_array()
-                        .map(|l| l.iter().filter_map(|i| i["address"].as_str()).collect::<Vec<_>>().join(", "))
+                        .map(|l| l
+                            .iter()
+                            .filter_map(|i| i["address"].as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
                         .unwrap_or_default()
                 );
                 if let Some(t) = v["auto_swap_started"]["target"].as_str() {
-                    out.push_str(&format!("auto-swap into {t} started; follow it with `slotd history`\n"));
+                    out.push_str(&format!(
+                        "auto-swap into {t} started; follow it with `slotd history`\n"
+                    ));
                 }
                 out
             })
         }
         Command::Swap(swap) => match swap.action {
             Some(SwapAction::Complete { app, client }) => {
-                let v = client.client()?.call(Method::POST, &format!("/v1/apps/{}/swap/complete", segment(&app)), None).await?;
+                let v = client
+                    .client()?
+                    .call(
+                        Method::POST,
+                        &format!("/v1/apps/{}/swap/complete", segment(&app)),
+                        None,
+                    )
+                    .await?;
                 show(client.json, &v, client::print_swap)
             }
             Some(SwapAction::Cancel { app, client }) => {
-                let v = client.client()?.call(Method::POST, &format!("/v1/apps/{}/swap/cancel", segment(&app)), None).await?;
+                let v = client
+                    .client()?
+                    .call(
+                        Method::POST,
+                        &format!("/v1/apps/{}/swap/cancel", segment(&app)),
+                        None,
+                    )
+                    .await?;
                 show(client.json, &v, client::print_swap)
             }
             None => {
@@ -343,7 +399,15 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
                     "preview": swap.preview,
                     "dry_run": swap.dry_run,
                 });
-                let v = swap.client.client()?.call(Method::POST, &format!("/v1/apps/{}/swap", segment(&app)), Some(body)).await?;
+                let v = swap
+                    .client
+                    .client()?
+                    .call(
+                        Method::POST,
+                        &format!("/v1/apps/{}/swap", segment(&app)),
+                        Some(body),
+                    )
+                    .await?;
                 if swap.dry_run {
                     show(swap.client.json, &v, client::print_plan)
                 } else {
@@ -352,11 +416,25 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
             }
         },
         Command::Rollback { app, client } => {
-            let v = client.client()?.call(Method::POST, &format!("/v1/apps/{}/rollback", segment(&app)), None).await?;
+            let v = client
+                .client()?
+                .call(
+                    Method::POST,
+                    &format!("/v1/apps/{}/rollback", segment(&app)),
+                    None,
+                )
+                .await?;
             show(client.json, &v, client::print_swap)
         }
         Command::History { app, client } => {
-            let v = client.client()?.call(Method::GET, &format!("/v1/apps/{}/swaps", segment(&app)), None).await?;
+            let v = client
+                .client()?
+                .call(
+                    Method::GET,
+                    &format!("/v1/apps/{}/swaps", segment(&app)),
+                    None,
+                )
+                .await?;
             show(client.json, &v, client::print_history)
         }
         Command::Serve { .. } | Command::Demo { .. } | Command::Check { .. } => {

@@ -5,14 +5,17 @@
 //! routing table is built, so the proxy increments a counter it already holds and
 //! never looks a label up per request.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const REQUESTS_TOTAL: &str = "slotd_requests_total";
 const REQUESTS_HELP: &str = "Requests answered, by app, slot and status class (1xx..5xx; `none` when no response was sent).";
 pub const SWAPS_TOTAL: &str = "slotd_swaps_total";
 const SWAPS_HELP: &str = "Swaps that finished, by app and result (completed, failed, cancelled).";
 pub const ROUTING_GENERATION: &str = "slotd_routing_generation";
-const ROUTING_GENERATION_HELP: &str = "Generation of the routing table being served; it grows with every published change.";
+const ROUTING_GENERATION_HELP: &str =
+    "Generation of the routing table being served; it grows with every published change.";
 pub const DEPLOYMENT_INFO: &str = "slotd_deployment_info";
 const DEPLOYMENT_INFO_HELP: &str = "1 for the deployment version each slot holds.";
 pub const BUILD_INFO: &str = "slotd_build_info";
@@ -57,8 +60,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new(REQUESTS_TOTAL, REQUESTS_HELP), &["app", "slot", "class"])
-            .expect("static metric definition is valid");
+        let requests = IntCounterVec::new(
+            Opts::new(REQUESTS_TOTAL, REQUESTS_HELP),
+            &["app", "slot", "class"],
+        )
+        .expect("static metric definition is valid");
         let swaps = IntCounterVec::new(Opts::new(SWAPS_TOTAL, SWAPS_HELP), &["app", "result"])
             .expect("static metric definition is valid");
         let generation = IntGauge::new(ROUTING_GENERATION, ROUTING_GENERATION_HELP)
@@ -108,7 +114,9 @@ impl Metrics {
     pub fn set_deployments<'a>(&self, slots: impl Iterator<Item = (&'a str, &'a str, &'a str)>) {
         self.deployment_info.reset();
         for (app, slot, version) in slots {
-            self.deployment_info.with_label_values(&[app, slot, version]).set(1);
+            self.deployment_info
+                .with_label_values(&[app, slot, version])
+                .set(1);
         }
     }
 
@@ -136,8 +144,17 @@ mod tests {
         s.observe(503);
         s.observe(0);
         let text = m.render();
-        assert!(text.contains(r#"slotd_requests_total{app="shop",class="2xx",slot="production"} 2"#), "{text}");
-        assert!(text.contains(r#"slotd_requests_total{app="shop",class="5xx",slot="production"} 1"#), "{text}");
-        assert!(text.contains(r#"slotd_requests_total{app="shop",class="none",slot="production"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"slotd_requests_total{app="shop",class="2xx",slot="production"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"slotd_requests_total{app="shop",class="5xx",slot="production"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"slotd_requests_total{app="shop",class="none",slot="production"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -47,14 +47,22 @@ pub fn check_version(v: &str) -> Result<(), String> {
         return Err("version is longer than 128 characters".into());
     }
     if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("version `{}` contains spaces or control characters", v.escape_debug()));
+        return Err(format!(
+            "version `{}` contains spaces or control characters",
+            v.escape_debug()
+        ));
     }
     Ok(())
 }
 
 /// An upstream instance: `host:port` or `[v6]:port`, port 1-65535.
 pub fn check_instance_address(addr: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("`{}` is not a valid instance address: {why}", addr.escape_debug()));
+    let bad = |why: &str| {
+        Err(format!(
+            "`{}` is not a valid instance address: {why}",
+            addr.escape_debug()
+        ))
+    };
     let Some((host, port)) = addr.rsplit_once(':') else {
         return bad("it has no port");
     };
@@ -101,7 +109,8 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if !h.split('.').all(label_ok) {
         return Err(format!(
@@ -115,7 +124,10 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
 /// A header name users may set on upstream requests.
 pub fn check_header_name(name: &str) -> Result<(), String> {
     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(format!("`{}` is not a valid header name", name.escape_debug()));
+        return Err(format!(
+            "`{}` is not a valid header name",
+            name.escape_debug()
+        ));
     }
     const RESERVED: [&str; 12] = [
         "host",
@@ -292,7 +304,9 @@ pub fn now_rfc3339() -> String {
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let since = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
     let millis = since.subsec_millis();
     let days = (secs / 86_400) as i64;
@@ -348,7 +362,10 @@ mod tests {
 
     #[test]
     fn hosts_are_lowercased_and_portless() {
-        assert_eq!(normalize_host("Shop.Example.COM").unwrap(), "shop.example.com");
+        assert_eq!(
+            normalize_host("Shop.Example.COM").unwrap(),
+            "shop.example.com"
+        );
         assert!(normalize_host("shop.example.com:8080").is_err());
         assert!(normalize_host("-bad.example").is_err());
         assert!(normalize_host("").is_err());

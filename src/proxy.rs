@@ -59,7 +59,12 @@ fn request_host(req: &RequestHeader) -> Option<&[u8]> {
 }
 
 /// Writes a short plain-text answer made by the proxy itself.
-async fn respond(session: &mut Session, status: u16, slot: Option<&HeaderValue>, body: &'static str) -> Result<()> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    slot: Option<&HeaderValue>,
+    body: &'static str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -112,16 +117,26 @@ impl ProxyHttp for SlotProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(r) = ctx.slot else {
-            return Error::e_explain(ErrorType::HTTPStatus(500), "no slot was matched before choosing a peer");
+            return Error::e_explain(
+                ErrorType::HTTPStatus(500),
+                "no slot was matched before choosing a peer",
+            );
         };
         let slot = ctx.table.slot(r);
         match slot.pick(ctx.failed) {
             Pick::Instance(i) => {
                 ctx.instance = Some(i);
                 let pool = slot.pool.as_ref().expect("Pick::Instance implies a pool");
-                let peer = pool.instances[i].peer.as_ref().expect("pick only returns resolved instances");
+                let peer = pool.instances[i]
+                    .peer
+                    .as_ref()
+                    .expect("pick only returns resolved instances");
                 Ok(Box::new(peer.clone()))
             }
             Pick::Empty => {
@@ -202,7 +217,12 @@ impl ProxyHttp for SlotProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout

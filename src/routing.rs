@@ -416,7 +416,10 @@ hosts = ["staging.shop.example.com"]
         let (t, shared) = table();
         let slot = t.slot(t.route(b"shop.example.com").unwrap());
         let picks: Vec<Pick> = (0..3).map(|_| slot.pick(None)).collect();
-        assert_eq!(picks, vec![Pick::Instance(0), Pick::Instance(1), Pick::Instance(2)]);
+        assert_eq!(
+            picks,
+            vec![Pick::Instance(0), Pick::Instance(1), Pick::Instance(2)]
+        );
         shared.health("127.0.0.1:9002").set_healthy(false);
         for _ in 0..6 {
             assert_ne!(slot.pick(None), Pick::Instance(1));

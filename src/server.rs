@@ -100,7 +100,11 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Runs the proxy and the admin API until the process is told to stop.
 /// Returns only on a start-up error.
-pub fn serve(config: Config, options: ServeOptions, on_ready: Option<Box<dyn FnOnce() + Send>>) -> Result<std::convert::Infallible, ServeError> {
+pub fn serve(
+    config: Config,
+    options: ServeOptions,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<std::convert::Infallible, ServeError> {
     let token = admin_token(&config).map_err(ServeError::Token)?;
     let metrics = Arc::new(Metrics::new());
 
@@ -114,11 +118,12 @@ pub fn serve(config: Config, options: ServeOptions, on_ready: Option<Box<dyn FnO
     let cp = rt.block_on(ControlPlane::start(config.clone(), store, metrics))?;
     drop(rt);
 
-    let admin_listener = TcpListener::bind(config.admin.listen).map_err(|e| ServeError::Listen {
-        what: "the admin address",
-        addr: config.admin.listen,
-        reason: e.to_string(),
-    })?;
+    let admin_listener =
+        TcpListener::bind(config.admin.listen).map_err(|e| ServeError::Listen {
+            what: "the admin address",
+            addr: config.admin.listen,
+            reason: e.to_string(),
+        })?;
     admin_listener
         .set_nonblocking(true)
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
@@ -154,10 +159,13 @@ pub fn serve(config: Config, options: ServeOptions, on_ready: Option<Box<dyn FnO
 
     let mut server_options = HttpServerOptions::default();
     server_options.h2c = true;
-    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(&server.configuration, SlotProxy::new(cp.routing()))
-        .name("slotd proxy")
-        .server_options(server_options)
-        .build();
+    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(
+        &server.configuration,
+        SlotProxy::new(cp.routing()),
+    )
+    .name("slotd proxy")
+    .server_options(server_options)
+    .build();
     for addr in &config.proxy.listen {
         proxy.add_tcp(&addr.to_string());
     }
@@ -195,7 +203,12 @@ struct AdminService {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return;
         };
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -205,7 +218,12 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        if let Some(ready) = self.on_ready.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(ready) = self
+            .on_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             ready();
         }
         let served = axum::serve(listener, self.router.clone())

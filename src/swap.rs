@@ -106,7 +106,11 @@ pub async fn rollback(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
         .history
         .iter()
         .find(|r| r.state == SwapState::Completed)
-        .ok_or_else(|| OpError::Conflict(format!("nothing to roll back: app `{app}` has no completed swap")))?
+        .ok_or_else(|| {
+            OpError::Conflict(format!(
+                "nothing to roll back: app `{app}` has no completed swap"
+            ))
+        })?
         .clone();
     // The slots must still hold what that swap left: the old target deployment in
     // the source slot and the old source deployment in the target slot.
@@ -152,7 +156,8 @@ async fn run_swap(
     let app_config = config.app(app).expect("checked by cp.app");
     let plan = validate_swap(app_config, &st, &req)?;
     let id = next_swap_id(&st);
-    let span = tracing::info_span!("swap", app, swap_id = %id, source = %req.source, target = %req.target);
+    let span =
+        tracing::info_span!("swap", app, swap_id = %id, source = %req.source, target = %req.target);
     async move {
         let mut rec = SwapRecord {
             id,
@@ -235,20 +240,25 @@ pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
     let _guard = cp.begin(app)?;
     let (config, st) = cp.app(app).await?;
     let rec = st.pending_swap.clone().ok_or_else(|| {
-        OpError::Conflict(format!("nothing to complete: no swap of app `{app}` is waiting in preview"))
+        OpError::Conflict(format!(
+            "nothing to complete: no swap of app `{app}` is waiting in preview"
+        ))
     })?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
         // The slots must still hold what the preview warmed.
         let app_config = config.app(app).expect("checked by cp.app");
-        let unchanged = st.deployment(&rec.source).map(|d| &d.id) == rec.source_deployment.as_ref().map(|d| &d.id)
-            && st.deployment(&rec.target).map(|d| &d.id) == rec.target_deployment.as_ref().map(|d| &d.id)
+        let unchanged = st.deployment(&rec.source).map(|d| &d.id)
+            == rec.source_deployment.as_ref().map(|d| &d.id)
+            && st.deployment(&rec.target).map(|d| &d.id)
+                == rec.target_deployment.as_ref().map(|d| &d.id)
             && app_config.slot(&rec.source).is_some()
             && app_config.slot(&rec.target).is_some();
         if !unchanged {
             let mut rec = rec;
             let why = "the slots no longer hold what the preview warmed up".to_string();
-            rec.phases.push(PhaseTimer::start("switch").finish(false, why.clone()));
+            rec.phases
+                .push(PhaseTimer::start("switch").finish(false, why.clone()));
             return Ok(fail(cp, rec, why).await);
         }
         switch_and_settle(cp, app, rec).await
@@ -262,14 +272,15 @@ pub async fn cancel(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError>
     let _guard = cp.begin(app)?;
     let (_, st) = cp.app(app).await?;
     let mut rec = st.pending_swap.clone().ok_or_else(|| {
-        OpError::Conflict(format!("nothing to cancel: no swap of app `{app}` is waiting in preview"))
+        OpError::Conflict(format!(
+            "nothing to cancel: no swap of app `{app}` is waiting in preview"
+        ))
     })?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
-        rec.phases.push(PhaseTimer::start("cancel").finish(
-            true,
-            "cancelled in preview; routing never changed",
-        ));
+        rec.phases.push(
+            PhaseTimer::start("cancel").finish(true, "cancelled in preview; routing never changed"),
+        );
         rec.state = SwapState::Cancelled;
         rec.finished_at = Some(now_rfc3339());
         let done = rec.clone();
@@ -308,7 +319,9 @@ async fn switch_and_settle(
         cp.commit(app, move |_, st| {
             let s = st.slots.get(&source).cloned().flatten();
             let t = st.slots.get(&target).cloned().flatten();
-            if s.as_ref().map(|d| &d.id) != source_id.as_ref() || t.as_ref().map(|d| &d.id) != target_id.as_ref() {
+            if s.as_ref().map(|d| &d.id) != source_id.as_ref()
+                || t.as_ref().map(|d| &d.id) != target_id.as_ref()
+            {
                 return Err(OpError::Conflict(
                     "the slots changed while the swap was warming up; nothing was switched".into(),
                 ));
@@ -332,7 +345,8 @@ async fn switch_and_settle(
         }
         return Ok(fail(cp, rec, why).await);
     }
-    rec.phases.push(phase.finish(true, "state written; routing published"));
+    rec.phases
+        .push(phase.finish(true, "state written; routing published"));
 
     // settle: the old target pool now serves the source slot.
     let phase = PhaseTimer::start("settle");
@@ -348,11 +362,17 @@ async fn switch_and_settle(
                 ),
                 Err(why) => phase.finish(
                     false,
-                    format!("{} now serves `{}` but did not warm up: {why}", old_target.id, rec.source),
+                    format!(
+                        "{} now serves `{}` but did not warm up: {why}",
+                        old_target.id, rec.source
+                    ),
                 ),
             }
         }
-        _ => phase.finish(true, format!("`{}` is now empty; nothing to warm", rec.source)),
+        _ => phase.finish(
+            true,
+            format!("`{}` is now empty; nothing to warm", rec.source),
+        ),
     };
     rec.phases.push(settle);
     rec.state = SwapState::Completed;
@@ -393,7 +413,10 @@ async fn fail(cp: &ControlPlane, mut rec: SwapRecord, why: String) -> SwapRecord
         tracing::error!(error = %e, "swap failed and its record could not be stored");
     }
     cp.metrics().swap_finished(&rec.app, "failed");
-    tracing::warn!(error = rec.error.as_deref().unwrap_or(""), "swap failed; routing unchanged");
+    tracing::warn!(
+        error = rec.error.as_deref().unwrap_or(""),
+        "swap failed; routing unchanged"
+    );
     rec
 }
 

@@ -133,7 +133,10 @@ async fn probe(address: &str, plan: &WarmupPlan) -> Result<u16, String> {
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     let mut req = Request::get(plan.path.as_str())
         .header(http::header::HOST, plan.host.as_str())
-        .header(http::header::USER_AGENT, concat!("slotd-warmup/", env!("CARGO_PKG_VERSION")))
+        .header(
+            http::header::USER_AGENT,
+            concat!("slotd-warmup/", env!("CARGO_PKG_VERSION")),
+        )
         .header(http::header::CONNECTION, "close");
     for (k, v) in &plan.headers {
         req = req.header(k, v);

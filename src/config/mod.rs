@@ -297,7 +297,10 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
             &(0..0),
             "admin",
             "the [admin] section is missing, so the admin API would have no token",
-            Some(r#"add [admin] with token_file = "admin.token" or token_env = "SLOTD_TOKEN""#.into()),
+            Some(
+                r#"add [admin] with token_file = "admin.token" or token_env = "SLOTD_TOKEN""#
+                    .into(),
+            ),
         );
         return None;
     };
@@ -321,7 +324,12 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
             None
         }
         (Some(f), None) if f.value.trim().is_empty() => {
-            doc.error(&f.span, &f.key, "is empty", Some("give the path of the token file".into()));
+            doc.error(
+                &f.span,
+                &f.key,
+                "is empty",
+                Some("give the path of the token file".into()),
+            );
             None
         }
         (Some(f), None) => Some(AdminAuth::TokenFile(folder.join(&f.value))),
@@ -344,7 +352,10 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
                         &i.span,
                         &i.key,
                         "is only allowed when admin.listen is a loopback address",
-                        Some("set token_file or token_env to expose the admin API beyond this host".into()),
+                        Some(
+                            "set token_file or token_env to expose the admin API beyond this host"
+                                .into(),
+                        ),
                     );
                     None
                 }
@@ -388,7 +399,10 @@ fn read_state(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<StateCon
     let prefix = t.string(doc, "prefix");
     let state = match backend.as_ref().map(|b| b.value.as_str()) {
         None | Some("file") => {
-            for (present, key) in [(endpoints.is_some(), "endpoints"), (prefix.is_some(), "prefix")] {
+            for (present, key) in [
+                (endpoints.is_some(), "endpoints"),
+                (prefix.is_some(), "prefix"),
+            ] {
                 if present {
                     doc.error(
                         &t.span,
@@ -400,7 +414,12 @@ fn read_state(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<StateCon
             }
             match path {
                 Some(p) if p.value.trim().is_empty() => {
-                    doc.error(&p.span, &p.key, "is empty", Some("give a file path, e.g. \"var/slotd-state.json\"".into()));
+                    doc.error(
+                        &p.span,
+                        &p.key,
+                        "is empty",
+                        Some("give a file path, e.g. \"var/slotd-state.json\"".into()),
+                    );
                     None
                 }
                 Some(p) => Some(StateConfig::File {
@@ -464,7 +483,12 @@ fn read_apps(doc: &mut Doc, root: &mut Table) -> Vec<AppConfig> {
                 t.path = format!("app[{}]", n.value);
             }
             None if !t.has("name") => {
-                doc.error(&t.span, &t.path, "missing key `name`", Some("every [[app]] needs a name".into()));
+                doc.error(
+                    &t.span,
+                    &t.path,
+                    "missing key `name`",
+                    Some("every [[app]] needs a name".into()),
+                );
             }
             None => {}
         }
@@ -505,10 +529,20 @@ fn read_app(
             if let Err(why) = model::check_name(&n.value) {
                 doc.error(&n.span, &n.key, why, None);
             } else if slots.iter().any(|s| s.name == n.value) {
-                doc.error(&n.span, &n.key, format!("slot `{}` is defined twice in this app", n.value), None);
+                doc.error(
+                    &n.span,
+                    &n.key,
+                    format!("slot `{}` is defined twice in this app", n.value),
+                    None,
+                );
             }
         } else if !st.has("name") {
-            doc.error(&st.span, &st.path, "missing key `name`", Some("every [[app.slot]] needs a name".into()));
+            doc.error(
+                &st.span,
+                &st.path,
+                "missing key `name`",
+                Some("every [[app.slot]] needs a name".into()),
+            );
         }
         let auto_swap = st.string(doc, "auto_swap");
         if let Some(slot) = read_slot(doc, st, sname.as_ref(), hosts_seen) {
@@ -537,16 +571,29 @@ fn read_app(
             doc.error(
                 &app_span,
                 &app_path,
-                format!("has {} slots; at most {MAX_SLOTS_PER_APP} are allowed", slots.len()),
+                format!(
+                    "has {} slots; at most {MAX_SLOTS_PER_APP} are allowed",
+                    slots.len()
+                ),
                 None,
             );
         }
         for (slot, at) in slots.iter().zip(&slot_spans) {
             let Some(target) = &at.value else { continue };
             if target == &slot.name {
-                doc.error(&at.span, &at.key, "a slot cannot auto-swap into itself", Some("name another slot, usually \"production\"".into()));
+                doc.error(
+                    &at.span,
+                    &at.key,
+                    "a slot cannot auto-swap into itself",
+                    Some("name another slot, usually \"production\"".into()),
+                );
             } else if !slots.iter().any(|s| &s.name == target) {
-                doc.error(&at.span, &at.key, format!("names slot `{target}`, which this app does not have"), None);
+                doc.error(
+                    &at.span,
+                    &at.key,
+                    format!("names slot `{target}`, which this app does not have"),
+                    None,
+                );
             }
         }
     }
@@ -568,8 +615,14 @@ fn read_warmup(doc: &mut Doc, app: &mut Table) -> WarmupConfig {
         return w;
     };
     if let Some(p) = t.string(doc, "path") {
-        if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            doc.error(&p.span, &p.key, format!("`{}` is not a request path", p.value), Some("start it with /, e.g. \"/healthz\"".into()));
+        if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            doc.error(
+                &p.span,
+                &p.key,
+                format!("`{}` is not a request path", p.value),
+                Some("start it with /, e.g. \"/healthz\"".into()),
+            );
         } else {
             w.path = p.value;
         }
@@ -655,7 +708,12 @@ fn read_slot(
     let instances = t.strings(doc, "instances").unwrap_or_default();
     for i in &instances {
         if let Err(why) = model::check_instance_address(&i.value) {
-            doc.error(&i.span, &i.key, why, Some(r#"write host:port, e.g. "127.0.0.1:9001""#.into()));
+            doc.error(
+                &i.span,
+                &i.key,
+                why,
+                Some(r#"write host:port, e.g. "127.0.0.1:9001""#.into()),
+            );
         }
     }
     let version = t.string(doc, "version");
@@ -683,7 +741,15 @@ fn read_slot(
             None
         }
         (Some(v), true) => {
-            doc.error(&v.span, &v.key, "a version without instances", Some("add instances = [\"host:port\"], or remove version to leave the slot empty".into()));
+            doc.error(
+                &v.span,
+                &v.key,
+                "a version without instances",
+                Some(
+                    "add instances = [\"host:port\"], or remove version to leave the slot empty"
+                        .into(),
+                ),
+            );
             None
         }
         (None, true) => None,
@@ -691,8 +757,16 @@ fn read_slot(
     let mut headers = Vec::new();
     for (k, v) in t.string_map(doc, "headers").unwrap_or_default() {
         if check_header_name(doc, &k).is_some() && check_header_value(doc, &v) {
-            if headers.iter().any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(&k.value)) {
-                doc.error(&k.span, &k.key, "header is set twice (names are case-insensitive)", None);
+            if headers
+                .iter()
+                .any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(&k.value))
+            {
+                doc.error(
+                    &k.span,
+                    &k.key,
+                    "header is set twice (names are case-insensitive)",
+                    None,
+                );
             } else {
                 headers.push((k.value, v.value));
             }
@@ -735,7 +809,12 @@ fn check_header_name(doc: &mut Doc, k: &At<String>) -> Option<()> {
 
 fn check_header_value(doc: &mut Doc, v: &At<String>) -> bool {
     if http::HeaderValue::from_str(&v.value).is_err() {
-        doc.error(&v.span, &v.key, "is not a valid header value (control characters are not allowed)", None);
+        doc.error(
+            &v.span,
+            &v.key,
+            "is not a valid header value (control characters are not allowed)",
+            None,
+        );
         return false;
     }
     true
@@ -754,7 +833,12 @@ fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration>
         }
         Ok(d) => Some(d),
         Err(why) => {
-            doc.error(&s.span, &s.key, why, Some(r#"write e.g. "500ms", "30s", "2m" or "1h""#.into()));
+            doc.error(
+                &s.span,
+                &s.key,
+                why,
+                Some(r#"write e.g. "500ms", "30s", "2m" or "1h""#.into()),
+            );
             None
         }
     }
@@ -769,13 +853,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -850,16 +938,29 @@ hosts = ["staging.shop.example.com"]
             .replace("\"127.0.0.1:9001\"", "\"127.0.0.1:99999\"");
         let errs = errors_of(&src);
         assert_eq!(errs.len(), 3, "{errs:#?}");
-        assert!(errs[0].starts_with("t.toml:4: proxy.threads: 0 is out of range"), "{errs:#?}");
-        assert!(errs[1].contains("t.toml:5: proxy.listn: unknown key `listn` (did you mean `listen`?)"), "{errs:#?}");
-        assert!(errs[2].contains("app[shop].slot[production].instances[0]"), "{errs:#?}");
+        assert!(
+            errs[0].starts_with("t.toml:4: proxy.threads: 0 is out of range"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1].contains("t.toml:5: proxy.listn: unknown key `listn` (did you mean `listen`?)"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2].contains("app[shop].slot[production].instances[0]"),
+            "{errs:#?}"
+        );
     }
 
     #[test]
     fn missing_production_slot_is_an_error() {
         let src = GOOD.replace("name = \"production\"", "name = \"prod\"");
         let errs = errors_of(&src);
-        assert!(errs.iter().any(|e| e.contains("has no slot named `production`")), "{errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("has no slot named `production`")),
+            "{errs:#?}"
+        );
     }
 
     #[test]

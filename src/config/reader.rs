@@ -282,7 +282,12 @@ impl<'a, 'i> Table<'a, 'i> {
         };
         let path = self.key_path(key);
         let DeValue::Array(items) = v.get_ref() else {
-            self.wrong_type(doc, key, v, &format!("an array of tables (write [[{path}]])"));
+            self.wrong_type(
+                doc,
+                key,
+                v,
+                &format!("an array of tables (write [[{path}]])"),
+            );
             return Vec::new();
         };
         let mut out = Vec::with_capacity(items.len());
