@@ -429,3 +429,87 @@ async fn dry_run_describes_the_swap_and_changes_nothing() {
     let (_, hist) = slotd.admin("GET", "/v1/apps/shop/swaps", None).await;
     assert_eq!(hist["swaps"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_to_an_auto_swap_slot_is_warmed_and_swapped_in() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let apps = shop_app(&[blue.address()], &[green.address()], FAST_WARMUP).replace(
+        "hosts = [\"staging.shop.test\"]",
+        "hosts = [\"staging.shop.test\"]\nauto_swap = \"production\"",
+    );
+    let slotd = Slotd::start(&apps).await;
+    let purple = Upstream::start("purple-1").await;
+    let (status, slot) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/slots/staging/deployment",
+            Some(json!({"version": "v3", "instances": [purple.address()]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{slot}");
+    assert_eq!(slot["auto_swap_started"]["target"], "production");
+    let rec = eventually(Duration::from_secs(10), "the auto-swap to finish", || {
+        let slotd = &slotd;
+        async move {
+            let (_, hist) = slotd.admin("GET", "/v1/apps/shop/swaps", None).await;
+            let first = hist["swaps"].get(0)?.clone();
+            (first["state"] == "completed").then_some(first)
+        }
+    })
+    .await;
+    assert_eq!(rec["trigger"], "auto-swap");
+    assert_eq!(rec["source_deployment"]["version"], "v3");
+    assert_eq!(slotd.who_serves("shop.test").await, "purple-1");
+    assert_eq!(slotd.who_serves("staging.shop.test").await, "blue-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auto_swap_leaves_production_untouched() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let apps = shop_app(&[blue.address()], &[green.address()], FAST_WARMUP).replace(
+        "hosts = [\"staging.shop.test\"]",
+        "hosts = [\"staging.shop.test\"]\nauto_swap = \"production\"",
+    );
+    let slotd = Slotd::start(&apps).await;
+    let dead = refusing_address();
+    let (status, _) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/slots/staging/deployment",
+            Some(json!({"version": "v3", "instances": [dead]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let rec = eventually(Duration::from_secs(10), "the auto-swap to fail", || {
+        let slotd = &slotd;
+        async move {
+            let (_, hist) = slotd.admin("GET", "/v1/apps/shop/swaps", None).await;
+            let first = hist["swaps"].get(0)?.clone();
+            (first["state"] == "failed").then_some(first)
+        }
+    })
+    .await;
+    assert_eq!(rec["trigger"], "auto-swap");
+    assert_eq!(slotd.who_serves("shop.test").await, "blue-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_survives_a_restart_and_can_be_completed() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let mut slotd = Slotd::start(&shop_app(&[blue.address()], &[green.address()], FAST_WARMUP)).await;
+    let (_, rec) = slotd
+        .admin("POST", "/v1/apps/shop/swap", Some(json!({"source": "staging", "preview": true})))
+        .await;
+    assert_eq!(rec["state"], "preview");
+    slotd.restart().await;
+    assert_eq!(slotd.who_serves("shop.test").await, "blue-1");
+    let (status, _) = slotd.admin("POST", "/v1/apps/shop/swap", Some(json!({"source": "staging"}))).await;
+    assert_eq!(status, 409, "the preview still holds the app after a restart");
+    let (status, done) = slotd.admin("POST", "/v1/apps/shop/swap/complete", None).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["id"], rec["id"]);
+    assert_eq!(slotd.who_serves("shop.test").await, "green-1");
+}
