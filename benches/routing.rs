@@ -36,9 +36,16 @@ hosts = ["staging.app{i}.example.com"]
 }
 
 fn table(n: usize) -> RoutingTable {
-    let config = slotd::config::parse(Path::new("bench.toml"), &config_with_apps(n)).expect("valid bench config");
+    let config = slotd::config::parse(Path::new("bench.toml"), &config_with_apps(n))
+        .expect("valid bench config");
     let (state, _) = slotd::state::reconcile(&config, None).expect("seeds");
-    RoutingTable::build(&config, &state, &SharedCounters::default(), &Metrics::new(), 1)
+    RoutingTable::build(
+        &config,
+        &state,
+        &SharedCounters::default(),
+        &Metrics::new(),
+        1,
+    )
 }
 
 fn routing(c: &mut Criterion) {
@@ -47,21 +54,29 @@ fn routing(c: &mut Criterion) {
         let t = table(apps);
         let host = format!("app{}.example.com", apps / 2);
         let mixed = format!("App{}.Example.com:8080", apps / 2);
-        group.bench_with_input(BenchmarkId::new("lowercase_host", apps), &host, |b, host| {
-            b.iter(|| {
-                let r = t.route(black_box(host.as_bytes())).expect("routes");
-                black_box(t.slot(r).pick(None))
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("mixed_case_with_port", apps), &mixed, |b, host| {
-            b.iter(|| {
-                let r = t.route(black_box(host.as_bytes())).expect("routes");
-                match t.slot(r).pick(None) {
-                    Pick::Instance(i) => black_box(i),
-                    other => panic!("{other:?}"),
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("lowercase_host", apps),
+            &host,
+            |b, host| {
+                b.iter(|| {
+                    let r = t.route(black_box(host.as_bytes())).expect("routes");
+                    black_box(t.slot(r).pick(None))
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("mixed_case_with_port", apps),
+            &mixed,
+            |b, host| {
+                b.iter(|| {
+                    let r = t.route(black_box(host.as_bytes())).expect("routes");
+                    match t.slot(r).pick(None) {
+                        Pick::Instance(i) => black_box(i),
+                        other => panic!("{other:?}"),
+                    }
+                })
+            },
+        );
         group.bench_function(BenchmarkId::new("unknown_host", apps), |b| {
             b.iter(|| black_box(t.route(black_box(b"nobody.example.org"))))
         });

@@ -21,15 +21,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::AppConfig;
@@ -146,22 +145,22 @@ async fn require_token(
     let Some(token) = &state.token else {
         return next.run(req).await;
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing `Authorization: Bearer TOKEN` header",
-        )
-        .into_response(),
-        Some(t) if !constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong token").into_response()
-        }
-        Some(_) => next.run(req).await,
+    let unauthorized =
+        |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m).into_response();
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return unauthorized("missing `Authorization: Bearer TOKEN` header");
+    };
+    let value = value.to_str().unwrap_or("");
+    let (scheme, given) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return unauthorized(
+            "the Authorization header must use the Bearer scheme: `Authorization: Bearer TOKEN`",
+        );
     }
+    if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        return unauthorized("wrong token");
+    }
+    next.run(req).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -184,11 +183,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 
 // === bodies ===
 
-/// Parses a JSON body; every failure is a 422 naming what was wrong.
-fn parse_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    allow_empty: bool,
-) -> Result<Option<T>, ApiError> {
+/// Reads a JSON object body; every failure is a 422 (413 when too large) that says
+/// what was wrong. Fields are then read one by one with [`Fields`], so a wrong type
+/// names its field.
+fn object_body(body: Result<Bytes, BytesRejection>) -> Result<Fields, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -201,44 +199,146 @@ fn parse_body<T: DeserializeOwned>(
         }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        if allow_empty {
-            return Ok(None);
-        }
         return Err(ApiError::invalid("the body is empty; send a JSON object"));
     }
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| ApiError::invalid(format!("body: {e}")))
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("the body is not valid JSON: {e}")))?;
+    match value {
+        Value::Object(_) => {
+            // JSON parsers keep the last of duplicate keys; refuse them instead.
+            let UniqueKeys(map) = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::invalid(format!("the body is not valid: {e}")))?;
+            Ok(Fields {
+                map,
+                seen: Vec::new(),
+            })
+        }
+        other => Err(ApiError::invalid(format!(
+            "the body must be a JSON object, not {}",
+            json_type(&other)
+        ))),
+    }
 }
 
-fn path_params<T>(
-    p: Result<Path<T>, axum::extract::rejection::PathRejection>,
-) -> Result<T, ApiError> {
+/// A JSON object whose keys are unique.
+struct UniqueKeys(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some((k, v)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{k}`")));
+                    }
+                    map.insert(k, v);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The fields of a JSON object body, read by name with their types checked.
+struct Fields {
+    map: serde_json::Map<String, Value>,
+    seen: Vec<&'static str>,
+}
+
+impl Fields {
+    fn get(&mut self, name: &'static str) -> Option<&Value> {
+        self.seen.push(name);
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, name: &'static str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(ApiError::invalid(format!(
+                "{name}: expected a string, found {}",
+                json_type(other)
+            ))),
+        }
+    }
+
+    fn required_string(&mut self, name: &'static str) -> Result<String, ApiError> {
+        self.string(name)?
+            .ok_or_else(|| ApiError::invalid(format!("{name}: missing; it is required")))
+    }
+
+    fn boolean(&mut self, name: &'static str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(ApiError::invalid(format!(
+                "{name}: expected true or false, found {}",
+                json_type(other)
+            ))),
+        }
+    }
+
+    fn strings(&mut self, name: &'static str) -> Result<Vec<String>, ApiError> {
+        let Some(v) = self.get(name) else {
+            return Err(ApiError::invalid(format!(
+                "{name}: missing; it is required"
+            )));
+        };
+        let Value::Array(items) = v else {
+            return Err(ApiError::invalid(format!(
+                "{name}: expected an array of strings, found {}",
+                json_type(v)
+            )));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(ApiError::invalid(format!(
+                    "{name}[{i}]: expected a string, found {}",
+                    json_type(other)
+                ))),
+            })
+            .collect()
+    }
+
+    /// Refuses fields nobody asked for (typos must not pass silently).
+    fn finish(self) -> Result<(), ApiError> {
+        match self.map.keys().find(|k| !self.seen.contains(&k.as_str())) {
+            Some(unknown) => Err(ApiError::invalid(format!(
+                "unknown field `{unknown}`; the fields are: {}",
+                self.seen.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn path_params<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
     p.map(|Path(t)| t)
         .map_err(|e| ApiError::invalid(format!("path: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeploymentBody {
-    version: String,
-    instances: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwapBody {
-    source: String,
-    #[serde(default = "production")]
-    target: String,
-    #[serde(default)]
-    preview: bool,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-fn production() -> String {
-    PRODUCTION.to_string()
 }
 
 // === views ===
@@ -319,7 +419,7 @@ async fn list_apps(State(state): State<AdminState>) -> ApiResult {
 
 async fn get_app(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     let (config, st) = state.cp.app(&app).await?;
@@ -329,7 +429,7 @@ async fn get_app(
 
 async fn put_deployment(
     State(state): State<AdminState>,
-    p: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let (app, slot) = path_params(p)?;
@@ -338,11 +438,11 @@ async fn put_deployment(
     if config.app(&app).and_then(|a| a.slot(&slot)).is_none() {
         return Err(OpError::UnknownSlot { app, slot }.into());
     }
-    let body: DeploymentBody = parse_body(body, false)?.expect("empty bodies are refused");
-    let outcome = state
-        .cp
-        .deploy(&app, &slot, &body.version, &body.instances)
-        .await?;
+    let mut fields = object_body(body)?;
+    let version = fields.required_string("version")?;
+    let instances = fields.strings("instances")?;
+    fields.finish()?;
+    let outcome = state.cp.deploy(&app, &slot, &version, &instances).await?;
     let (config, st) = state.cp.app(&app).await?;
     let app_config = config.app(&app).expect("checked by cp.app");
     let view = slot_views(&state.cp, app_config, &st)
@@ -370,22 +470,29 @@ async fn put_deployment(
 
 async fn post_swap(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     state.cp.app(&app).await?;
-    let body: SwapBody = parse_body(body, false)?.expect("empty bodies are refused");
-    if body.preview && body.dry_run {
+    let mut fields = object_body(body)?;
+    let source = fields.required_string("source")?;
+    let target = fields
+        .string("target")?
+        .unwrap_or_else(|| PRODUCTION.to_string());
+    let preview = fields.boolean("preview")?;
+    let dry_run = fields.boolean("dry_run")?;
+    fields.finish()?;
+    if preview && dry_run {
         return Err(ApiError::invalid("preview and dry_run cannot both be true"));
     }
     let req = SwapRequest {
-        source: body.source,
-        target: body.target,
-        preview: body.preview,
+        source,
+        target,
+        preview,
         trigger: SwapTrigger::Api,
     };
-    if body.dry_run {
+    if dry_run {
         let plan = swap::plan(&state.cp, &app, &req).await?;
         return Ok(Json(plan).into_response());
     }
@@ -395,7 +502,7 @@ async fn post_swap(
 
 async fn post_complete(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::complete(&state.cp, &app).await?).into_response())
@@ -403,7 +510,7 @@ async fn post_complete(
 
 async fn post_cancel(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::cancel(&state.cp, &app).await?).into_response())
@@ -411,7 +518,7 @@ async fn post_cancel(
 
 async fn post_rollback(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     Ok(Json(swap::rollback(&state.cp, &app).await?).into_response())
@@ -419,7 +526,7 @@ async fn post_rollback(
 
 async fn get_swaps(
     State(state): State<AdminState>,
-    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
     let (_, st) = state.cp.app(&app).await?;

@@ -41,11 +41,12 @@ pub struct AdminClient {
     authority: String,
     base_path: String,
     token: Option<String>,
+    timeout: Duration,
 }
 
 impl AdminClient {
     /// `admin` is like `http://127.0.0.1:9901`.
-    pub fn new(admin: &str, token: Option<String>) -> Result<Self, ClientError> {
+    pub fn new(admin: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
         let uri: Uri = admin
             .parse()
             .map_err(|e| ClientError::Usage(format!("--admin `{admin}` is not a URL: {e}")))?;
@@ -76,11 +77,29 @@ impl AdminClient {
             token: token
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
+            timeout,
         })
     }
 
     /// Sends one request; a 2xx answer's JSON body, or the server's error message.
     pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        tokio::time::timeout(self.timeout, self.exchange(method, path, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Connection(format!(
+                    "no answer from the slotd admin API at http://{} within {}s (raise --timeout if a swap's warm-up needs longer)",
+                    self.authority,
+                    self.timeout.as_secs()
+                )))
+            })
+    }
+
+    async fn exchange(
         &self,
         method: Method,
         path: &str,
@@ -390,19 +409,20 @@ mod tests {
 
     #[test]
     fn admin_urls() {
-        assert!(AdminClient::new("http://127.0.0.1:9901", None).is_ok());
+        const T: Duration = Duration::from_secs(1);
+        assert!(AdminClient::new("http://127.0.0.1:9901", None, T).is_ok());
         assert_eq!(
-            AdminClient::new("http://localhost", None)
+            AdminClient::new("http://localhost", None, T)
                 .unwrap()
                 .authority,
             "localhost:80"
         );
         assert!(matches!(
-            AdminClient::new("127.0.0.1:9901", None),
+            AdminClient::new("127.0.0.1:9901", None, T),
             Err(ClientError::Usage(_))
         ));
         assert!(matches!(
-            AdminClient::new("https://x:1", None),
+            AdminClient::new("https://x:1", None, T),
             Err(ClientError::Usage(_))
         ));
     }

@@ -242,7 +242,7 @@ impl ControlPlane {
         version: &str,
         instances: &[String],
     ) -> Result<DeployOutcome, OpError> {
-        let (config, app_state) = self.app(app).await?;
+        let (config, _) = self.app(app).await?;
         let app_config = config.app(app).expect("checked by self.app");
         let slot_config = app_config.slot(slot).ok_or_else(|| OpError::UnknownSlot {
             app: app.to_string(),
@@ -251,6 +251,7 @@ impl ControlPlane {
         check_version(version).map_err(|e| OpError::Invalid(format!("version: {e}")))?;
         validate_instances(instances)?;
         let _guard = self.begin(app)?;
+        let (_, app_state) = self.app(app).await?;
         if let Some(p) = &app_state.pending_swap {
             if p.source == slot || p.target == slot {
                 return Err(OpError::Conflict(format!(

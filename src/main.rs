@@ -151,17 +151,25 @@ struct ClientArgs {
     /// Print the server's JSON answer instead of a table.
     #[arg(long)]
     json: bool,
+    /// Give up when the server has not answered within this long (a swap waits for
+    /// its warm-ups).
+    #[arg(long, default_value = "15m", value_parser = parse_timeout)]
+    timeout: std::time::Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    slotd::config::parse_duration(s).map_err(|e| format!("{e}; write e.g. \"30s\" or \"15m\""))
 }
 
 impl ClientArgs {
     fn client(&self) -> Result<AdminClient, ClientError> {
         let token = match &self.token_file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                ClientError::Usage(format!("--token-file {}: {e}", path.display()))
+                ClientError::Usage(format!("--token-file: cannot read {}: {e}", path.display()))
             })?),
             None => self.token.clone(),
         };
-        AdminClient::new(&self.admin, token)
+        AdminClient::new(&self.admin, token, self.timeout)
     }
 }
 
@@ -253,7 +261,7 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     };
     // A token file that serve could not read is a problem now, not at start-up.
-    if let slotd::config::AdminAuth::TokenFile(_) = &config.admin.auth {
+    if let slotd::config::AdminAuth::TokenFile { .. } = &config.admin.auth {
         if let Err(e) = slotd::server::admin_token(&config) {
             eprintln!("{e}");
             return ExitCode::from(1);

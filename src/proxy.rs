@@ -49,13 +49,38 @@ pub struct RequestCtx {
 
 const X_SLOT: &str = "x-slot";
 
-/// The host a request is for: the authority of an absolute-form or HTTP/2 request,
-/// else the Host header.
+/// The host a request is for: the authority of an HTTP/2 request or of an HTTP/1
+/// absolute-form target (`GET http://shop.example.com/ HTTP/1.1`, which takes
+/// precedence over Host per RFC 9112), else the Host header.
 fn request_host(req: &RequestHeader) -> Option<&[u8]> {
     if let Some(a) = req.uri.authority() {
         return Some(a.as_str().as_bytes());
     }
+    if let Some(a) = absolute_form_authority(req.raw_path()) {
+        return Some(a);
+    }
     req.headers.get(http::header::HOST).map(|h| h.as_bytes())
+}
+
+/// `host[:port]` of an absolute-form request target, without any userinfo.
+fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = match authority.iter().rposition(|&c| c == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// Writes a short plain-text answer made by the proxy itself.
@@ -101,6 +126,16 @@ impl ProxyHttp for SlotProxy {
             failed: None,
             unavailable: "slotd: service unavailable\n",
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Answer pipelined HTTP/1.1 requests in order instead of dropping them.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -180,8 +215,7 @@ impl ProxyHttp for SlotProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let downstream = session.req_header();
-        let host = request_host(downstream).and_then(|h| HeaderValue::from_bytes(h).ok());
+        let host = request_host(session.req_header()).and_then(|h| HeaderValue::from_bytes(h).ok());
         if let Some(host) = host {
             if upstream.headers.get(http::header::HOST).is_none() {
                 upstream.insert_header(http::header::HOST, host.clone())?;
@@ -240,6 +274,8 @@ impl ProxyHttp for SlotProxy {
             },
         };
         if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after a failure: say so to the client.
+            session.set_keepalive(None);
             let slot = ctx.slot.map(|r| &ctx.table.slot(r).x_slot);
             if let Err(err) = respond(session, code, slot, body_for(code, ctx.unavailable)).await {
                 tracing::debug!(error = %err, "could not send the error response");
@@ -256,5 +292,28 @@ impl ProxyHttp for SlotProxy {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
             ctx.table.slot(r).metrics.observe(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolute_form_authority;
+
+    #[test]
+    fn absolute_form_targets_yield_their_authority() {
+        assert_eq!(
+            absolute_form_authority(b"http://shop.test/x?y"),
+            Some(&b"shop.test"[..])
+        );
+        assert_eq!(
+            absolute_form_authority(b"HTTP://Shop.Test:8080"),
+            Some(&b"Shop.Test:8080"[..])
+        );
+        assert_eq!(
+            absolute_form_authority(b"https://u:p@shop.test/"),
+            Some(&b"shop.test"[..])
+        );
+        assert_eq!(absolute_form_authority(b"/path"), None);
+        assert_eq!(absolute_form_authority(b"http:///x"), None);
     }
 }

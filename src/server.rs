@@ -50,33 +50,32 @@ pub struct ServeOptions {
 
 /// Reads the admin token the config names. `None` when auth is off.
 pub fn admin_token(config: &Config) -> Result<Option<String>, String> {
-    let token = match &config.admin.auth {
+    let file = config.file.display();
+    let (token, line, key) = match &config.admin.auth {
         AdminAuth::None => return Ok(None),
-        AdminAuth::TokenFile(path) => std::fs::read_to_string(path)
-            .map_err(|e| {
+        AdminAuth::TokenFile { path, line } => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
                 format!(
-                    "{}: admin.token_file: cannot read {}: {e} (create it with a long random token, e.g. `openssl rand -hex 32 > {}`)",
-                    config.file.display(),
+                    "{file}:{line}: admin.token_file: cannot read {}: {e} (create it with a long random token, e.g. `openssl rand -hex 32 > {}`)",
                     path.display(),
                     path.display()
                 )
-            })?
-            .trim()
-            .to_string(),
-        AdminAuth::TokenEnv(var) => std::env::var(var)
-            .map_err(|_| {
+            })?;
+            (token, line, "admin.token_file")
+        }
+        AdminAuth::TokenEnv { var, line } => {
+            let token = std::env::var(var).map_err(|_| {
                 format!(
-                    "{}: admin.token_env: the environment variable {var} is not set (export {var}=<a long random token>)",
-                    config.file.display()
+                    "{file}:{line}: admin.token_env: the environment variable {var} is not set (export {var}=<a long random token>)"
                 )
-            })?
-            .trim()
-            .to_string(),
+            })?;
+            (token, line, "admin.token_env")
+        }
     };
+    let token = token.trim().to_string();
     if token.len() < 8 {
         return Err(format!(
-            "{}: the admin token is {} characters long; use at least 8 (better 32 random hex characters)",
-            config.file.display(),
+            "{file}:{line}: {key}: the admin token is {} characters long; use at least 8, better 32 random hex characters",
             token.len()
         ));
     }
@@ -101,11 +100,14 @@ fn absolute(p: &Path) -> PathBuf {
 /// Runs the proxy and the admin API until the process is told to stop.
 /// Returns only on a start-up error.
 pub fn serve(
-    config: Config,
+    mut config: Config,
     options: ServeOptions,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<std::convert::Infallible, ServeError> {
     let token = admin_token(&config).map_err(ServeError::Token)?;
+    // A daemon changes its working folder: pin the state file down first.
+    let StateConfig::File { path } = &mut config.state;
+    *path = absolute(path);
     let metrics = Arc::new(Metrics::new());
 
     // The control plane starts on a short-lived runtime: it only reads the store and

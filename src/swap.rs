@@ -30,7 +30,9 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use crate::config::{AppConfig, SlotConfig};
+use std::sync::Arc;
+
+use crate::config::{AppConfig, Config, SlotConfig};
 use crate::control::{AppGuard, ControlPlane, OpError};
 use crate::model::{
     now_rfc3339, AppState, Deployment, DeploymentRef, PhaseRecord, SwapRecord, SwapState,
@@ -238,12 +240,7 @@ async fn run_swap(
 /// `POST .../swap/complete`: runs switch and settle for the swap in preview.
 pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
     let _guard = cp.begin(app)?;
-    let (config, st) = cp.app(app).await?;
-    let rec = st.pending_swap.clone().ok_or_else(|| {
-        OpError::Conflict(format!(
-            "nothing to complete: no swap of app `{app}` is waiting in preview"
-        ))
-    })?;
+    let (config, st, rec) = pending(cp, app, "complete").await?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
         // The slots must still hold what the preview warmed.
@@ -267,15 +264,25 @@ pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
     .await
 }
 
+/// The swap waiting in preview, or a conflict saying there is nothing to `verb`.
+async fn pending(
+    cp: &ControlPlane,
+    app: &str,
+    verb: &str,
+) -> Result<(Arc<Config>, AppState, SwapRecord), OpError> {
+    let (config, st) = cp.app(app).await?;
+    let rec = st.pending_swap.clone().ok_or_else(|| {
+        OpError::Conflict(format!(
+            "nothing to {verb}: no swap of app `{app}` is waiting in preview"
+        ))
+    })?;
+    Ok((config, st, rec))
+}
+
 /// `POST .../swap/cancel`: ends the swap in preview; routing never changed.
 pub async fn cancel(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
     let _guard = cp.begin(app)?;
-    let (_, st) = cp.app(app).await?;
-    let mut rec = st.pending_swap.clone().ok_or_else(|| {
-        OpError::Conflict(format!(
-            "nothing to cancel: no swap of app `{app}` is waiting in preview"
-        ))
-    })?;
+    let (_, _, mut rec) = pending(cp, app, "cancel").await?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
         rec.phases.push(

@@ -108,6 +108,17 @@ fn load_production(
     })
 }
 
+/// Runs a swap of staging into production while production is under load; returns
+/// the record, the failed production requests, and the instances that answered.
+async fn swap_under_production_load(slotd: &Slotd) -> (serde_json::Value, u64, u64, Vec<String>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load_production(slotd, stop.clone());
+    let rec = slotd.swap("staging").await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed, seen) = load.await.unwrap();
+    (rec, ok, failed, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warmup_that_cannot_connect_fails_the_swap_and_production_keeps_serving() {
     let blue = Upstream::start("blue-1").await;
@@ -119,12 +130,7 @@ async fn a_warmup_that_cannot_connect_fails_the_swap_and_production_keeps_servin
         FAST_WARMUP,
     ))
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load_production(&slotd, stop.clone());
-
-    let rec = slotd.swap("staging").await;
-    stop.store(true, Ordering::SeqCst);
-    let (ok, failed, seen) = load.await.unwrap();
+    let (rec, ok, failed, seen) = swap_under_production_load(&slotd).await;
 
     assert_eq!(rec["state"], "failed", "{rec}");
     let error = rec["error"].as_str().unwrap();
@@ -174,12 +180,7 @@ async fn a_warmup_answered_with_an_unaccepted_status_fails_the_swap() {
         FAST_WARMUP,
     ))
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load_production(&slotd, stop.clone());
-
-    let rec = slotd.swap("staging").await;
-    stop.store(true, Ordering::SeqCst);
-    let (_, failed, seen) = load.await.unwrap();
+    let (rec, _, failed, seen) = swap_under_production_load(&slotd).await;
 
     assert_eq!(rec["state"], "failed", "{rec}");
     let error = rec["error"].as_str().unwrap();
@@ -499,16 +500,36 @@ async fn a_failed_auto_swap_leaves_production_untouched() {
 async fn a_preview_survives_a_restart_and_can_be_completed() {
     let blue = Upstream::start("blue-1").await;
     let green = Upstream::start("green-1").await;
-    let mut slotd = Slotd::start(&shop_app(&[blue.address()], &[green.address()], FAST_WARMUP)).await;
+    let mut slotd = Slotd::start(&shop_app(
+        &[blue.address()],
+        &[green.address()],
+        FAST_WARMUP,
+    ))
+    .await;
     let (_, rec) = slotd
-        .admin("POST", "/v1/apps/shop/swap", Some(json!({"source": "staging", "preview": true})))
+        .admin(
+            "POST",
+            "/v1/apps/shop/swap",
+            Some(json!({"source": "staging", "preview": true})),
+        )
         .await;
     assert_eq!(rec["state"], "preview");
     slotd.restart().await;
     assert_eq!(slotd.who_serves("shop.test").await, "blue-1");
-    let (status, _) = slotd.admin("POST", "/v1/apps/shop/swap", Some(json!({"source": "staging"}))).await;
-    assert_eq!(status, 409, "the preview still holds the app after a restart");
-    let (status, done) = slotd.admin("POST", "/v1/apps/shop/swap/complete", None).await;
+    let (status, _) = slotd
+        .admin(
+            "POST",
+            "/v1/apps/shop/swap",
+            Some(json!({"source": "staging"})),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "the preview still holds the app after a restart"
+    );
+    let (status, done) = slotd
+        .admin("POST", "/v1/apps/shop/swap/complete", None)
+        .await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["id"], rec["id"]);
     assert_eq!(slotd.who_serves("shop.test").await, "green-1");

@@ -50,8 +50,10 @@ pub struct AdminConfig {
 /// Where the admin API token comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAuth {
-    TokenFile(PathBuf),
-    TokenEnv(String),
+    /// The file and the config line that names it.
+    TokenFile { path: PathBuf, line: usize },
+    /// The variable and the config line that names it.
+    TokenEnv { var: String, line: usize },
     /// Only accepted on a loopback listener with `insecure_no_auth = true`.
     None,
 }
@@ -242,7 +244,7 @@ fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig> {
         Some(list) => {
             if list.is_empty() {
                 doc.error(
-                    &t.span,
+                    &t.value_span("listen").unwrap_or(t.span.clone()),
                     "proxy.listen",
                     "needs at least one address",
                     Some(r#"e.g. listen = ["0.0.0.0:8080"]"#.into()),
@@ -251,7 +253,7 @@ fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig> {
             }
             let mut out = Vec::new();
             for a in list {
-                match listen_address(doc, &a) {
+                match listen_address(doc, &a, "0.0.0.0:8080") {
                     Some(addr) if out.contains(&addr) => {
                         doc.error(&a.span, &a.key, format!("{addr} is listed twice"), None);
                         ok = false;
@@ -275,7 +277,7 @@ fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig> {
     ok.then_some(ProxyConfig { listen, threads })
 }
 
-fn listen_address(doc: &mut Doc, a: &At<String>) -> Option<SocketAddr> {
+fn listen_address(doc: &mut Doc, a: &At<String>, example: &str) -> Option<SocketAddr> {
     match a.value.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -283,7 +285,7 @@ fn listen_address(doc: &mut Doc, a: &At<String>) -> Option<SocketAddr> {
                 &a.span,
                 &a.key,
                 format!("`{}` is not an IP address with a port", a.value),
-                Some(r#"write e.g. "0.0.0.0:8080" or "[::]:8080""#.into()),
+                Some(format!(r#"write e.g. "{example}""#)),
             );
             None
         }
@@ -293,6 +295,9 @@ fn listen_address(doc: &mut Doc, a: &At<String>) -> Option<SocketAddr> {
 fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminConfig> {
     let default_listen = SocketAddr::from(([127, 0, 0, 1], 9901));
     let Some(mut t) = root.table(doc, "admin") else {
+        if root.has("admin") {
+            return None; // not a table: already reported
+        }
         doc.error(
             &(0..0),
             "admin",
@@ -307,9 +312,13 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
     let errors_before = doc.errors.len();
     let listen_at = t.string(doc, "listen");
     let listen = match &listen_at {
-        Some(a) => listen_address(doc, a),
+        Some(a) => listen_address(doc, a, "127.0.0.1:9901"),
+        None if t.has("listen") => None,
         None => Some(default_listen),
     };
+    // Whether `listen` is known; if not, its error is already recorded and the
+    // loopback rule below cannot be judged.
+    let listen_known = listen.is_some();
     let token_file = t.string(doc, "token_file");
     let token_env = t.string(doc, "token_env");
     let insecure = t.boolean(doc, "insecure_no_auth");
@@ -332,7 +341,10 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
             );
             None
         }
-        (Some(f), None) => Some(AdminAuth::TokenFile(folder.join(&f.value))),
+        (Some(f), None) => Some(AdminAuth::TokenFile {
+            path: folder.join(&f.value),
+            line: doc.line_of(f.span.start),
+        }),
         (None, Some(e)) if !valid_env_name(&e.value) => {
             doc.error(
                 &e.span,
@@ -342,7 +354,13 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
             );
             None
         }
-        (None, Some(e)) => Some(AdminAuth::TokenEnv(e.value.clone())),
+        (None, Some(e)) => Some(AdminAuth::TokenEnv {
+            var: e.value.clone(),
+            line: doc.line_of(e.span.start),
+        }),
+        (None, None) if !listen_known || (insecure.is_none() && t.has("insecure_no_auth")) => {
+            None // the error that makes this undecidable is already recorded
+        }
         (None, None) => {
             let loopback = listen.is_some_and(|l| l.ip().is_loopback());
             match &insecure {
@@ -364,7 +382,7 @@ fn read_admin(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<AdminCon
                         &t.span,
                         "admin",
                         "no token is configured for the admin API",
-                        Some(r#"set token_file = "admin.token" or token_env = "SLOTD_TOKEN" (or, on a loopback listener only, insecure_no_auth = true)"#.into()),
+                        Some(r#"set token_file = "admin.token" or token_env = "SLOTD_TOKEN"; on a loopback listener only, insecure_no_auth = true also works"#.into()),
                     );
                     None
                 }
@@ -395,17 +413,14 @@ fn read_state(doc: &mut Doc, root: &mut Table, folder: &Path) -> Option<StateCon
     let errors_before = doc.errors.len();
     let backend = t.string(doc, "backend");
     let path = t.string(doc, "path");
-    let endpoints = t.strings(doc, "endpoints");
-    let prefix = t.string(doc, "prefix");
+    let _ = t.strings(doc, "endpoints");
+    let _ = t.string(doc, "prefix");
     let state = match backend.as_ref().map(|b| b.value.as_str()) {
         None | Some("file") => {
-            for (present, key) in [
-                (endpoints.is_some(), "endpoints"),
-                (prefix.is_some(), "prefix"),
-            ] {
-                if present {
+            for key in ["endpoints", "prefix"] {
+                if let Some(span) = t.key_span(key) {
                     doc.error(
-                        &t.span,
+                        &span,
                         &format!("state.{key}"),
                         "only applies to the etcd backend",
                         Some("remove it, or set backend = \"etcd\"".into()),
@@ -520,11 +535,16 @@ fn read_app(
     let app_path = t.path.clone();
     t.finish(doc);
 
+    let slot_count = slot_tables.len();
     let mut slots: Vec<SlotConfig> = Vec::new();
-    let mut slot_spans: Vec<At<Option<String>>> = Vec::new();
+    // Every slot name that could be read, even of slots with other errors, so the
+    // app-wide checks below run alongside the per-slot ones.
+    let mut names: Vec<String> = Vec::new();
+    let mut auto_swaps: Vec<(String, At<String>)> = Vec::new();
     for mut st in slot_tables {
         let sname = st.string(doc, "name");
         if let Some(n) = &sname {
+            names.push(n.value.clone());
             st.path = format!("{app_path}.slot[{}]", n.value);
             if let Err(why) = model::check_name(&n.value) {
                 doc.error(&n.span, &n.key, why, None);
@@ -545,12 +565,10 @@ fn read_app(
             );
         }
         let auto_swap = st.string(doc, "auto_swap");
+        if let (Some(n), Some(a)) = (&sname, &auto_swap) {
+            auto_swaps.push((n.value.clone(), a.clone()));
+        }
         if let Some(slot) = read_slot(doc, st, sname.as_ref(), hosts_seen) {
-            slot_spans.push(At {
-                value: auto_swap.as_ref().map(|a| a.value.clone()),
-                span: auto_swap.as_ref().map_or(0..0, |a| a.span.clone()),
-                key: auto_swap.as_ref().map_or(String::new(), |a| a.key.clone()),
-            });
             slots.push(SlotConfig {
                 auto_swap: auto_swap.map(|a| a.value),
                 ..slot
@@ -558,8 +576,8 @@ fn read_app(
         }
     }
 
-    if name.is_some() && doc.errors.len() == errors_before {
-        if !slots.iter().any(|s| s.name == PRODUCTION) {
+    if name.is_some() && names.len() == slot_count {
+        if !names.iter().any(|s| s == PRODUCTION) {
             doc.error(
                 &app_span,
                 &app_path,
@@ -567,27 +585,24 @@ fn read_app(
                 Some("every app needs a [[app.slot]] with name = \"production\"".into()),
             );
         }
-        if slots.len() > MAX_SLOTS_PER_APP {
+        if slot_count > MAX_SLOTS_PER_APP {
             doc.error(
                 &app_span,
                 &app_path,
-                format!(
-                    "has {} slots; at most {MAX_SLOTS_PER_APP} are allowed",
-                    slots.len()
-                ),
+                format!("has {slot_count} slots; at most {MAX_SLOTS_PER_APP} are allowed"),
                 None,
             );
         }
-        for (slot, at) in slots.iter().zip(&slot_spans) {
-            let Some(target) = &at.value else { continue };
-            if target == &slot.name {
+        for (slot, at) in &auto_swaps {
+            let target = &at.value;
+            if target == slot {
                 doc.error(
                     &at.span,
                     &at.key,
                     "a slot cannot auto-swap into itself",
                     Some("name another slot, usually \"production\"".into()),
                 );
-            } else if !slots.iter().any(|s| &s.name == target) {
+            } else if !names.contains(target) {
                 doc.error(
                     &at.span,
                     &at.key,
@@ -682,7 +697,12 @@ fn read_slot(
         None => {}
         Some(list) => {
             if list.is_empty() {
-                doc.error(&t.span, &t.key_path("hosts"), "needs at least one hostname", None);
+                doc.error(
+                    &t.value_span("hosts").unwrap_or(t.span.clone()),
+                    &t.key_path("hosts"),
+                    "needs at least one hostname",
+                    None,
+                );
             }
             for h in list {
                 match model::normalize_host(&h.value) {
@@ -727,17 +747,20 @@ fn read_slot(
             version: v.value.clone(),
             instances: instances.iter().map(|i| i.value.clone()).collect(),
         }),
+        (None, false) if t.has("version") => None, // wrong type: already reported
         (None, false) => {
             doc.error(
                 &instances[0].span,
                 &t.key_path("version"),
                 "instances are listed but no version is given",
-                Some(r#"add version = "v1" (any label that tells deployments apart)"#.into()),
+                Some(
+                    r#"add version = "v1"; any label that tells deployments apart will do"#.into(),
+                ),
             );
             None
         }
         (Some(v), true) if t.has("instances") => {
-            doc.error(&v.span, &t.key_path("instances"), "is empty", Some("list at least one host:port, or remove version and instances to leave the slot empty".into()));
+            doc.error(&t.value_span("instances").unwrap_or(v.span.clone()), &t.key_path("instances"), "is empty", Some("list at least one host:port, or remove version and instances to leave the slot empty".into()));
             None
         }
         (Some(v), true) => {
@@ -821,7 +844,7 @@ fn check_header_value(doc: &mut Doc, v: &At<String>) -> bool {
 }
 
 fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration> {
-    let s = t.string(doc, key);
+    let s = t.string_hinted(doc, key, Some(DURATION_HINT));
     if s.is_none() && t.has(key) {
         return None;
     }
@@ -843,6 +866,8 @@ fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration>
         }
     }
 }
+
+const DURATION_HINT: &str = r#"write a quoted duration, e.g. "500ms", "30s", "2m" or "1h""#;
 
 /// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"` and sums like `"1m30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

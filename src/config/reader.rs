@@ -123,12 +123,38 @@ impl<'a, 'i> Table<'a, 'i> {
         );
     }
 
+    /// Where the value of `key` is written, if it is present.
+    pub(crate) fn value_span(&self, key: &str) -> Option<Range<usize>> {
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v.span())
+    }
+
+    /// Where the name of `key` is written, if it is present.
+    pub(crate) fn key_span(&self, key: &str) -> Option<Range<usize>> {
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(k, _)| k.span())
+    }
+
     /// Whether `key` is present (and marks it as known).
     pub(crate) fn has(&mut self, key: &'static str) -> bool {
         self.raw(key).is_some()
     }
 
     pub(crate) fn string(&mut self, doc: &mut Doc, key: &'static str) -> Option<At<String>> {
+        self.string_hinted(doc, key, None)
+    }
+
+    /// Like [`Self::string`], with a hint for a value of the wrong type.
+    pub(crate) fn string_hinted(
+        &mut self,
+        doc: &mut Doc,
+        key: &'static str,
+        hint: Option<&str>,
+    ) -> Option<At<String>> {
         let v = self.raw(key)?;
         match v.get_ref() {
             DeValue::String(s) => Some(At {
@@ -136,8 +162,13 @@ impl<'a, 'i> Table<'a, 'i> {
                 span: v.span(),
                 key: self.key_path(key),
             }),
-            _ => {
-                self.wrong_type(doc, key, v, "a string");
+            other => {
+                doc.error(
+                    &v.span(),
+                    &self.key_path(key),
+                    format!("expected a string, found {}", type_name(other)),
+                    hint.map(str::to_string),
+                );
                 None
             }
         }
