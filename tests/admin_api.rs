@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{eventually, refusing_address, shop_app, Slotd, Upstream, TOKEN};
+use support::{eventually, refusing_address, Slotd, Upstream, TOKEN};
 
 /// Quick to fail on a dead instance, yet with room for a loaded machine.
 const FAST_WARMUP: &str = r#"[app.warmup]
@@ -24,15 +24,7 @@ const DEPLOY: &str = "/v1/apps/shop/slots/staging/deployment";
 const SWAP: &str = "/v1/apps/shop/swap";
 
 async fn blue_green() -> (Upstream, Upstream, Slotd) {
-    let blue = Upstream::start("blue-1").await;
-    let green = Upstream::start("green-1").await;
-    let slotd = Slotd::start(&shop_app(
-        &[blue.address()],
-        &[green.address()],
-        FAST_WARMUP,
-    ))
-    .await;
-    (blue, green, slotd)
+    support::blue_green(FAST_WARMUP).await
 }
 
 /// What a refused request must not change: the app as the API shows it, its swap

@@ -44,15 +44,7 @@ async fn cli_at(
 }
 
 async fn blue_green() -> (Upstream, Upstream, Slotd) {
-    let blue = Upstream::start("blue-1").await;
-    let green = Upstream::start("green-1").await;
-    let slotd = Slotd::start(&shop_app(
-        &[blue.address()],
-        &[green.address()],
-        FAST_WARMUP,
-    ))
-    .await;
-    (blue, green, slotd)
+    support::blue_green(FAST_WARMUP).await
 }
 
 fn parse_json(what: &str, stdout: &str) -> Value {

@@ -569,3 +569,11 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("tests/fixtures")
         .join(name)
 }
+
+/// `shop` with one blue instance in production and one green one in staging.
+pub async fn blue_green(extra: &str) -> (Upstream, Upstream, Slotd) {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let slotd = Slotd::start(&shop_app(&[blue.address()], &[green.address()], extra)).await;
+    (blue, green, slotd)
+}
