@@ -1,5 +1,5 @@
 //! The swap guarantee, under load: 32 keep-alive clients send requests without pause
-//! while 24 swaps run. No request may fail, and every request sent after a swap's
+//! while 40 swaps run. No request may fail, and every request sent after a swap's
 //! answer (with no other swap under way until its response) must reach the pool that
 //! swap put into production.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::{eventually, shop_app, Slotd, Upstream};
 
 const CLIENTS: usize = 32;
-const SWAPS: usize = 24;
+const SWAPS: usize = 40;
 /// Checked responses wanted in each quiet window between swaps.
 const CHECKED_PER_WINDOW: u64 = 64;
 
