@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::AppConfig;
-use crate::control::{ControlPlane, OpError};
+use crate::control::{ControlPlane, DeployOutcome, OpError};
 use crate::model::{AppState, Deployment, SwapTrigger, PRODUCTION};
 use crate::swap::{self, SwapRequest};
 
@@ -442,30 +442,78 @@ async fn put_deployment(
     let version = fields.required_string("version")?;
     let instances = fields.strings("instances")?;
     fields.finish()?;
-    let outcome = state.cp.deploy(&app, &slot, &version, &instances).await?;
+    let outcome = deploy_then_auto_swap(
+        state.cp.clone(),
+        app.clone(),
+        slot.clone(),
+        version,
+        instances,
+    )
+    .await?;
     let (config, st) = state.cp.app(&app).await?;
     let app_config = config.app(&app).expect("checked by cp.app");
     let view = slot_views(&state.cp, app_config, &st)
         .into_iter()
         .find(|s| s.name == slot);
     let mut answer = serde_json::to_value(view).unwrap_or(Value::Null);
+    // Show the deployment just made, even if the auto-swap has already moved it.
+    answer["deployment"] = serde_json::to_value(deployment_view(&state.cp, &outcome.deployment))
+        .unwrap_or(Value::Null);
     if let Some(target) = outcome.auto_swap {
-        let cp = state.cp.clone();
-        let req = SwapRequest {
-            source: slot.clone(),
-            target: target.clone(),
-            preview: false,
-            trigger: SwapTrigger::AutoSwap,
-        };
-        let app_name = app.clone();
-        tokio::spawn(async move {
-            if let Err(e) = swap::swap(&cp, &app_name, req).await {
-                tracing::warn!(app = %app_name, error = %e, "auto-swap was not started");
-            }
-        });
         answer["auto_swap_started"] = json!({"target": target});
     }
     Ok(Json(answer).into_response())
+}
+
+/// Runs an operation on its own task and waits for it. A client that goes away
+/// drops this handler's future, but never an operation halfway through writing state.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, OpError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(op).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "admin operation task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the operation failed unexpectedly; see the slotd log",
+            ))
+        }
+    }
+}
+
+/// Deploys, answers, then runs the slot's auto-swap (if any) under the same claim on
+/// the app, so no other operation can slip in between. The work runs on its own task:
+/// a client that goes away does not stop it halfway.
+async fn deploy_then_auto_swap(
+    cp: Arc<ControlPlane>,
+    app: String,
+    slot: String,
+    version: String,
+    instances: Vec<String>,
+) -> Result<DeployOutcome, OpError> {
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let guard = match cp.begin(&app, format!("deploy to `{slot}`")) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = answer_tx.send(Err(e));
+                return;
+            }
+        };
+        let outcome = cp.deploy(&guard, &app, &slot, &version, &instances).await;
+        let auto_swap = outcome.as_ref().ok().and_then(|o| o.auto_swap.clone());
+        let _ = answer_tx.send(outcome);
+        if let Some(target) = auto_swap {
+            swap::auto_swap(&cp, &guard, &app, &slot, &target).await;
+        }
+    });
+    answer_rx.await.unwrap_or_else(|_| {
+        Err(OpError::Conflict(
+            "the deploy task ended without an answer; see the slotd log".into(),
+        ))
+    })
 }
 
 async fn post_swap(
@@ -496,7 +544,8 @@ async fn post_swap(
         let plan = swap::plan(&state.cp, &app, &req).await?;
         return Ok(Json(plan).into_response());
     }
-    let rec = swap::swap(&state.cp, &app, req).await?;
+    let cp = state.cp.clone();
+    let rec = detached(async move { swap::swap(&cp, &app, req).await }).await?;
     Ok(Json(rec).into_response())
 }
 
@@ -505,7 +554,9 @@ async fn post_complete(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
-    Ok(Json(swap::complete(&state.cp, &app).await?).into_response())
+    let cp = state.cp.clone();
+    let rec = detached(async move { swap::complete(&cp, &app).await }).await?;
+    Ok(Json(rec).into_response())
 }
 
 async fn post_cancel(
@@ -513,7 +564,9 @@ async fn post_cancel(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
-    Ok(Json(swap::cancel(&state.cp, &app).await?).into_response())
+    let cp = state.cp.clone();
+    let rec = detached(async move { swap::cancel(&cp, &app).await }).await?;
+    Ok(Json(rec).into_response())
 }
 
 async fn post_rollback(
@@ -521,7 +574,9 @@ async fn post_rollback(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let app = path_params(p)?;
-    Ok(Json(swap::rollback(&state.cp, &app).await?).into_response())
+    let cp = state.cp.clone();
+    let rec = detached(async move { swap::rollback(&cp, &app).await }).await?;
+    Ok(Json(rec).into_response())
 }
 
 async fn get_swaps(

@@ -8,7 +8,8 @@
 //! Operations that change an app take [`ControlPlane::begin`], so one swap or deploy
 //! per app runs at a time; others get a conflict (409) rather than waiting.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -63,7 +64,8 @@ pub struct ControlPlane {
     shared: SharedCounters,
     metrics: Arc<Metrics>,
     generation: AtomicU64,
-    busy: Mutex<HashSet<String>>,
+    /// Apps with an operation under way, and what it is.
+    busy: Mutex<HashMap<String, String>>,
 }
 
 /// Held while an operation changes an app; released on drop.
@@ -95,31 +97,41 @@ impl ControlPlane {
         store: Box<dyn StateStore>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<ControlPlane>, StartError> {
-        let stored = store.load().await?;
-        let (state, changed) =
-            state::reconcile(&config, stored).map_err(|errors| StartError::Mismatch {
-                store: store.describe(),
-                config: config.file.display().to_string(),
-                errors,
-            })?;
-        if changed {
-            store.save(&state, "").await?;
-        }
         let cp = ControlPlane {
             config: ArcSwap::from_pointee(config),
             store,
-            state: tokio::sync::Mutex::new(state),
+            state: tokio::sync::Mutex::new(State::default()),
             routing: Arc::new(ArcSwap::from_pointee(RoutingTable::empty())),
             shared: SharedCounters::default(),
             metrics,
             generation: AtomicU64::new(0),
-            busy: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
         };
-        {
-            let state = cp.state.lock().await;
-            cp.publish(&cp.config.load(), &state);
-        }
+        cp.reload_state().await?;
         Ok(Arc::new(cp))
+    }
+
+    /// (Re)reads the state from the store, merges it with the config, stores it if
+    /// that changed it, and publishes its routing table. Used at start-up, and after
+    /// a zero-downtime upgrade once the previous process has let go of the admin API.
+    pub async fn reload_state(&self) -> Result<(), StartError> {
+        let config = self.config();
+        let mut state = self.state.lock().await;
+        let stored = self.store.load().await?;
+        let (loaded, changed) =
+            state::reconcile(&config, stored).map_err(|errors| StartError::Mismatch {
+                store: self.store.describe(),
+                config: config.file.display().to_string(),
+                errors,
+            })?;
+        self.resolve_new_hostnames(&loaded).await;
+        let table = self.build(&config, &loaded);
+        if changed {
+            self.store.save(&loaded, "").await?;
+        }
+        *state = loaded;
+        self.install(table, &config, &state);
+        Ok(())
     }
 
     /// The table the data plane reads.
@@ -159,22 +171,25 @@ impl ControlPlane {
         Ok((config, state.apps.get(app).cloned().unwrap_or_default()))
     }
 
-    /// Claims `app` for one operation, or says what is under way (409).
-    pub fn begin(&self, app: &str) -> Result<AppGuard<'_>, OpError> {
+    /// Claims `app` for one operation described by `what` (e.g. "swap of `staging`
+    /// into `production`"), or says what is under way (409).
+    pub fn begin(&self, app: &str, what: impl Into<String>) -> Result<AppGuard<'_>, OpError> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if !busy.insert(app.to_string()) {
+        if let Some(under_way) = busy.get(app) {
             return Err(OpError::Conflict(format!(
-                "a swap or deploy of app `{app}` is already under way; retry when it has finished"
+                "app `{app}` is busy: a {under_way} is under way; retry when it has finished"
             )));
         }
+        busy.insert(app.to_string(), what.into());
         Ok(AppGuard {
             cp: self,
             app: app.to_string(),
         })
     }
 
-    /// Applies `change` to the app's state, stores the result durably, then publishes
-    /// the routing table built from it. On any error nothing changes.
+    /// Applies `change` to the app's state, builds the routing table of the result,
+    /// stores the state durably, then publishes the table. On any error nothing
+    /// changes: the old state stays in memory and the old table keeps serving.
     pub async fn commit<T>(
         &self,
         app: &str,
@@ -205,21 +220,60 @@ impl ControlPlane {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let out = change(app_config, next.apps.entry(app.to_string()).or_default())?;
+        let table = if routing_changes {
+            self.resolve_new_hostnames(&next).await;
+            Some(self.build(&config, &next))
+        } else {
+            None
+        };
         if let Err(e) = self.store.save(&next, app).await {
             tracing::error!(app, error = %e, "state store write failed; nothing changed");
             return Err(OpError::Store(e));
         }
         *state = next;
-        if routing_changes {
-            self.publish(&config, &state);
+        if let Some(table) = table {
+            self.install(table, &config, &state);
         }
         Ok(out)
     }
 
-    /// Builds and publishes the table for (config, state). Caller holds the state lock.
-    fn publish(&self, config: &Config, state: &State) {
+    /// Resolves, without blocking, the instance hostnames no table has needed yet, so
+    /// that building a table never waits on DNS. Names that do not resolve are tried
+    /// again at the next change.
+    async fn resolve_new_hostnames(&self, state: &State) {
+        let names: Vec<String> = state
+            .apps
+            .values()
+            .flat_map(|a| a.slots.values().flatten())
+            .flat_map(|d| d.instances.iter())
+            .filter(|a| a.parse::<SocketAddr>().is_err() && self.shared.address(a).is_none())
+            .cloned()
+            .collect();
+        for name in names {
+            match tokio::net::lookup_host(name.as_str()).await {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(addr) => self.shared.remember_address(&name, addr),
+                    None => {
+                        tracing::warn!(instance = %name, "instance hostname has no address; it takes no traffic")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(instance = %name, error = %e, "instance hostname does not resolve; it takes no traffic")
+                }
+            }
+        }
+    }
+
+    /// Builds the table for (config, state) with the next generation number. A table
+    /// that is never installed (its state write failed) leaves a gap in the numbers.
+    fn build(&self, config: &Config, state: &State) -> RoutingTable {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = RoutingTable::build(config, state, &self.shared, &self.metrics, generation);
+        RoutingTable::build(config, state, &self.shared, &self.metrics, generation)
+    }
+
+    /// Publishes a built table. Caller holds the state lock.
+    fn install(&self, table: RoutingTable, config: &Config, state: &State) {
+        let generation = table.generation();
         self.routing.store(Arc::new(table));
         self.metrics.set_generation(generation);
         self.metrics
@@ -234,15 +288,17 @@ impl ControlPlane {
     }
 
     /// Puts a new deployment into a slot (`PUT .../deployment`, `slotd deploy`).
-    /// The deployment keeps the slot's current non-sticky settings.
+    /// The caller holds the app (see [`Self::begin`]). The deployment keeps the
+    /// slot's current non-sticky settings.
     pub async fn deploy(
         &self,
+        _guard: &AppGuard<'_>,
         app: &str,
         slot: &str,
         version: &str,
         instances: &[String],
     ) -> Result<DeployOutcome, OpError> {
-        let (config, _) = self.app(app).await?;
+        let (config, app_state) = self.app(app).await?;
         let app_config = config.app(app).expect("checked by self.app");
         let slot_config = app_config.slot(slot).ok_or_else(|| OpError::UnknownSlot {
             app: app.to_string(),
@@ -250,8 +306,6 @@ impl ControlPlane {
         })?;
         check_version(version).map_err(|e| OpError::Invalid(format!("version: {e}")))?;
         validate_instances(instances)?;
-        let _guard = self.begin(app)?;
-        let (_, app_state) = self.app(app).await?;
         if let Some(p) = &app_state.pending_swap {
             if p.source == slot || p.target == slot {
                 return Err(OpError::Conflict(format!(

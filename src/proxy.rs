@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::Bytes;
+use std::fmt::Write as _;
+
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -45,21 +47,23 @@ pub struct RequestCtx {
     failed: Option<usize>,
     /// Why the proxy answered 503 itself, for the body.
     unavailable: &'static str,
+    /// The host the request is for, as sent (see [`request_host`]).
+    host: Option<HeaderValue>,
 }
 
 const X_SLOT: &str = "x-slot";
 
 /// The host a request is for: the authority of an HTTP/2 request or of an HTTP/1
 /// absolute-form target (`GET http://shop.example.com/ HTTP/1.1`, which takes
-/// precedence over Host per RFC 9112), else the Host header.
-fn request_host(req: &RequestHeader) -> Option<&[u8]> {
+/// precedence over Host per RFC 9112), else the Host header (shared, not copied).
+fn request_host(req: &RequestHeader) -> Option<HeaderValue> {
     if let Some(a) = req.uri.authority() {
-        return Some(a.as_str().as_bytes());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
     if let Some(a) = absolute_form_authority(req.raw_path()) {
-        return Some(a);
+        return HeaderValue::from_bytes(a).ok();
     }
-    req.headers.get(http::header::HOST).map(|h| h.as_bytes())
+    req.headers.get(http::header::HOST).cloned()
 }
 
 /// `host[:port]` of an absolute-form request target, without any userinfo.
@@ -125,6 +129,7 @@ impl ProxyHttp for SlotProxy {
             instance: None,
             failed: None,
             unavailable: "slotd: service unavailable\n",
+            host: None,
         }
     }
 
@@ -139,7 +144,11 @@ impl ProxyHttp for SlotProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let route = request_host(session.req_header()).and_then(|h| ctx.table.route(h));
+        ctx.host = request_host(session.req_header());
+        let route = ctx
+            .host
+            .as_ref()
+            .and_then(|h| ctx.table.route(h.as_bytes()));
         match route {
             Some(r) => {
                 ctx.slot = Some(r);
@@ -215,24 +224,35 @@ impl ProxyHttp for SlotProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let host = request_host(session.req_header()).and_then(|h| HeaderValue::from_bytes(h).ok());
-        if let Some(host) = host {
+        if let Some(host) = &ctx.host {
             if upstream.headers.get(http::header::HOST).is_none() {
                 upstream.insert_header(http::header::HOST, host.clone())?;
             }
-            upstream.insert_header("X-Forwarded-Host", host)?;
+            upstream.insert_header("X-Forwarded-Host", host.clone())?;
         }
         if let Some(PeerAddr::Inet(addr)) = session.client_addr() {
-            let ip = addr.ip().to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-                Some(Ok(prev)) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip,
-            };
-            upstream.insert_header("X-Forwarded-For", xff)?;
+            let prev = upstream
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty());
+            let mut xff = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+            if let Some(prev) = prev {
+                xff.extend_from_slice(prev);
+                xff.extend_from_slice(b", ");
+            }
+            let _ = write!(xff, "{}", addr.ip());
+            if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+                upstream.insert_header("X-Forwarded-For", v)?;
+            }
         }
         upstream.insert_header("X-Forwarded-Proto", "http")?;
         if let Some(r) = ctx.slot {
-            for (name, value) in &ctx.table.slot(r).headers {
+            let slot = ctx.table.slot(r);
+            for name in &slot.unset_headers {
+                upstream.remove_header(name);
+            }
+            for (name, value) in &slot.headers {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }

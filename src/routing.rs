@@ -10,12 +10,12 @@
 //! atomics shared across table generations so a swap does not reset them.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{AppConfig, Config, SlotConfig};
@@ -49,6 +49,9 @@ pub struct SlotRoute {
     /// Upstream request headers: the slot's sticky headers, then its settings headers.
     /// Names are kept as the operator wrote them (Pingora sends that case on HTTP/1).
     pub headers: Vec<(Bytes, HeaderValue)>,
+    /// Settings headers of the app for which this slot has no value: removed from
+    /// upstream requests so a client cannot supply them.
+    pub unset_headers: Vec<HeaderName>,
     /// The deployment's pool; `None` for an empty slot.
     pub pool: Option<Arc<Pool>>,
     pub metrics: SlotMetrics,
@@ -133,6 +136,9 @@ impl SlotRoute {
 pub struct SharedCounters {
     health: Mutex<HashMap<String, Arc<InstanceHealth>>>,
     round_robin: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Instance hostnames resolved by the control plane, so building a table never
+    /// waits on DNS.
+    addresses: Mutex<HashMap<String, SocketAddr>>,
 }
 
 impl SharedCounters {
@@ -152,6 +158,17 @@ impl SharedCounters {
         map.entry(key).or_default().clone()
     }
 
+    /// The address an instance hostname resolved to, if it has been resolved.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        let map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).copied()
+    }
+
+    pub fn remember_address(&self, name: &str, addr: SocketAddr) {
+        let mut map = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(name.to_string(), addr);
+    }
+
     /// Forgets counters no table refers to any more.
     fn prune(&self) {
         let mut map = self.health.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,18 +179,13 @@ impl SharedCounters {
     }
 }
 
-/// Resolves an instance address when a table is built (never on the request path).
-fn resolve(address: &str) -> Option<SocketAddr> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Some(addr);
-    }
-    match address.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next(),
-        Err(e) => {
-            tracing::warn!(instance = address, error = %e, "instance address does not resolve; it takes no traffic until the next table build");
-            None
-        }
-    }
+/// The socket address of an instance: an IP literal, or a hostname the control
+/// plane resolved beforehand. Never resolves anything itself.
+fn resolve(address: &str, shared: &SharedCounters) -> Option<SocketAddr> {
+    address
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| shared.address(address))
 }
 
 impl RoutingTable {
@@ -297,12 +309,19 @@ fn build_slot(
             Some((Bytes::from(name.into_bytes()), v))
         })
         .collect();
+    let settings = effective_settings(slot, deployment);
+    let unset_headers = app
+        .settings_headers
+        .iter()
+        .filter(|(setting, _)| !settings.contains_key(setting))
+        .filter_map(|(_, header)| HeaderName::from_bytes(header.as_bytes()).ok())
+        .collect();
     let pool = deployment.map(|d| {
         let instances = d
             .instances
             .iter()
             .map(|address| {
-                let peer = resolve(address).map(|addr| {
+                let peer = resolve(address, shared).map(|addr| {
                     let mut peer = HttpPeer::new(addr, false, String::new());
                     peer.options.connection_timeout = Some(app.timeouts.connect);
                     peer.options.read_timeout = Some(app.timeouts.read);
@@ -327,6 +346,7 @@ fn build_slot(
         name: Arc::from(slot.name.as_str()),
         x_slot: HeaderValue::from_str(&slot.name).unwrap_or(HeaderValue::from_static("invalid")),
         headers,
+        unset_headers,
         pool,
         metrics: metrics.slot(&app.name, &slot.name),
     }

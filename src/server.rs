@@ -30,11 +30,13 @@ pub enum ServeError {
     Token(String),
     #[error(transparent)]
     Start(#[from] StartError),
-    #[error("cannot listen on {what} {addr}: {reason}")]
+    #[error("{file}: {key}: cannot listen on {addr}: {reason} ({hint})")]
     Listen {
-        what: &'static str,
+        file: String,
+        key: &'static str,
         addr: SocketAddr,
         reason: String,
+        hint: &'static str,
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(String),
@@ -46,6 +48,31 @@ pub struct ServeOptions {
     /// Take the listening sockets over from a running slotd (zero-downtime upgrade).
     pub upgrade: bool,
     pub daemon: bool,
+}
+
+fn listen_error(
+    config: &Config,
+    key: &'static str,
+    addr: SocketAddr,
+    e: std::io::Error,
+) -> ServeError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process listens there: stop it or choose another address"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "that IP address is not on this machine",
+        _ => "check the address",
+    };
+    ServeError::Listen {
+        file: config.file.display().to_string(),
+        key,
+        addr,
+        reason: e.to_string(),
+        hint,
+    }
 }
 
 /// Reads the admin token the config names. `None` when auth is off.
@@ -120,25 +147,22 @@ pub fn serve(
     let cp = rt.block_on(ControlPlane::start(config.clone(), store, metrics))?;
     drop(rt);
 
-    let admin_listener =
-        TcpListener::bind(config.admin.listen).map_err(|e| ServeError::Listen {
-            what: "the admin address",
-            addr: config.admin.listen,
-            reason: e.to_string(),
-        })?;
-    admin_listener
-        .set_nonblocking(true)
-        .map_err(|e| ServeError::Runtime(e.to_string()))?;
-    if !options.upgrade {
+    // In a zero-downtime upgrade the previous process still holds the admin address
+    // (and may still change state); the admin API binds once it lets go, then reloads
+    // the state it left.
+    let admin_listener = if options.upgrade {
+        None
+    } else {
+        let l = TcpListener::bind(config.admin.listen)
+            .map_err(|e| listen_error(&config, "admin.listen", config.admin.listen, e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| listen_error(&config, "admin.listen", config.admin.listen, e))?;
         // Pingora reports a failed bind only by exiting; check first for a clear error.
         for addr in &config.proxy.listen {
-            TcpListener::bind(addr).map_err(|e| ServeError::Listen {
-                what: "the proxy address",
-                addr: *addr,
-                reason: e.to_string(),
-            })?;
+            TcpListener::bind(addr).map_err(|e| listen_error(&config, "proxy.listen", *addr, e))?;
         }
-    }
+        Some(l)
+    };
 
     let folder = absolute(&runtime_folder(&config));
     let _ = std::fs::create_dir_all(&folder);
@@ -174,7 +198,9 @@ pub fn serve(
     server.add_service(proxy);
 
     let admin = AdminService {
-        listener: Mutex::new(Some(admin_listener)),
+        listener: Mutex::new(admin_listener),
+        address: config.admin.listen,
+        cp: cp.clone(),
         router: admin::router(AdminState {
             cp: cp.clone(),
             token: token.map(Arc::from),
@@ -197,23 +223,64 @@ pub fn serve(
 
 /// The admin API as a Pingora background service.
 struct AdminService {
+    /// Bound before start-up; `None` in an upgrade, where `address` is bound later.
     listener: Mutex<Option<TcpListener>>,
+    address: SocketAddr,
+    cp: Arc<ControlPlane>,
     router: axum::Router,
     on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl AdminService {
+    /// Binds the admin address once the previous process has released it.
+    async fn bind_when_free(
+        &self,
+        shutdown: &mut ShutdownWatch,
+    ) -> Option<tokio::net::TcpListener> {
+        let mut logged = false;
+        loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(l) => return Some(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    if !logged {
+                        tracing::info!(admin = %self.address, "waiting for the previous slotd to release the admin address");
+                        logged = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(admin = %self.address, error = %e, "admin API cannot listen");
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = shutdown.changed() => return None,
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(listener) = self
+        let bound = self
             .listener
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
+            .take();
+        let listener = match bound {
+            Some(l) => tokio::net::TcpListener::from_std(l),
+            None => {
+                let Some(l) = self.bind_when_free(&mut shutdown).await else {
+                    return;
+                };
+                if let Err(e) = self.cp.reload_state().await {
+                    tracing::error!(error = %e, "cannot reload the state the previous process left; serving the state read at start-up");
+                }
+                Ok(l)
+            }
         };
-        let listener = match tokio::net::TcpListener::from_std(listener) {
+        let listener = match listener {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "admin API cannot use its listener");

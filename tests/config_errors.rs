@@ -350,7 +350,7 @@ fn serve_with_a_proxy_port_in_use_exits_1_naming_the_address() {
     let (code, stderr) = serve_expecting_exit(&path);
     assert_eq!(code, 1, "{stderr}");
     assert!(
-        stderr.contains(&format!("cannot listen on the proxy address {proxy}")),
+        stderr.contains(&format!("proxy.listen: cannot listen on {proxy}")),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -378,7 +379,7 @@ async fn a_swap_from_an_empty_slot_or_into_itself_is_refused() {
             Some(json!({"source": "staging"})),
         )
         .await;
-    assert_eq!(status, 422, "{err}");
+    assert_eq!(status, 409, "{err}");
     assert!(err["error"]["message"]
         .as_str()
         .unwrap()
@@ -533,4 +534,130 @@ async fn a_preview_survives_a_restart_and_can_be_completed() {
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["id"], rec["id"]);
     assert_eq!(slotd.who_serves("shop.test").await, "green-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_into_an_empty_slot_can_be_rolled_back() {
+    let blue = Upstream::start("blue-1").await;
+    let slotd = Slotd::start(&shop_app(&[blue.address()], &[], FAST_WARMUP)).await;
+    let (status, rec) = slotd
+        .admin(
+            "POST",
+            "/v1/apps/shop/swap",
+            Some(json!({"source": "production", "target": "staging"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "completed");
+    assert_eq!(slotd.get("shop.test", "/").await.status(), 503);
+    assert_eq!(slotd.who_serves("staging.shop.test").await, "blue-1");
+    let (status, back) = slotd.admin("POST", "/v1/apps/shop/rollback", None).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(back["state"], "completed");
+    assert_eq!(slotd.who_serves("shop.test").await, "blue-1");
+    assert_eq!(slotd.get("staging.shop.test", "/").await.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_travel_with_the_deployment_sticky_ones_stay_and_clients_cannot_spoof_them() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let apps = format!(
+        r#"[[app]]
+name = "shop"
+[app.settings_headers]
+FEATURE = "X-Feature"
+DB_URL = "X-Db"
+
+[[app.slot]]
+name = "production"
+hosts = ["shop.test"]
+instances = ["{blue}"]
+version = "v1"
+sticky_settings = ["DB_URL"]
+[app.slot.settings]
+FEATURE = "on"
+DB_URL = "prod-db"
+
+[[app.slot]]
+name = "staging"
+hosts = ["staging.shop.test"]
+instances = ["{green}"]
+version = "v2"
+sticky_settings = ["DB_URL"]
+[app.slot.settings]
+DB_URL = "staging-db"
+"#,
+        blue = blue.address(),
+        green = green.address()
+    );
+    let slotd = Slotd::start(&apps).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let echo = |host: &'static str| {
+        let http = http.clone();
+        let proxy = slotd.proxy;
+        async move {
+            let v: serde_json::Value = http
+                .get(format!("http://{proxy}/echo"))
+                .header("host", host)
+                .header("x-feature", "spoofed")
+                .header("x-db", "spoofed")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                v["upstream"].as_str().unwrap().to_string(),
+                v["headers"]["x-feature"][0].as_str().map(str::to_string),
+                v["headers"]["x-db"][0].as_str().map(str::to_string),
+            )
+        }
+    };
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        echo("shop.test").await,
+        ("blue-1".into(), some("on"), some("prod-db"))
+    );
+    assert_eq!(
+        echo("staging.shop.test").await,
+        ("green-1".into(), None, some("staging-db"))
+    );
+    slotd.swap("staging").await;
+    // FEATURE travelled with blue's deployment; DB_URL stayed with each slot.
+    assert_eq!(
+        echo("shop.test").await,
+        ("green-1".into(), None, some("prod-db"))
+    );
+    assert_eq!(
+        echo("staging.shop.test").await,
+        ("blue-1".into(), some("on"), some("staging-db"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_may_be_hostnames_resolved_before_the_table_is_built() {
+    let (_blue, _green, slotd) = blue_green().await;
+    // Listen where `localhost` resolves first on this machine (127.0.0.1 or ::1).
+    let first = tokio::net::lookup_host("localhost:0")
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let bind = SocketAddr::new(first.ip(), 0).to_string();
+    let purple = Upstream::start_at("purple-1", Answer::Identity, &bind).await;
+    let by_name = format!("localhost:{}", purple.addr.port());
+    let (status, slot) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/slots/staging/deployment",
+            Some(json!({"version": "v3", "instances": [by_name]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{slot}");
+    assert_eq!(slotd.who_serves("staging.shop.test").await, "purple-1");
+    let rec = slotd.swap("staging").await;
+    assert_eq!(rec["state"], "completed", "{rec}");
+    assert_eq!(slotd.who_serves("shop.test").await, "purple-1");
 }

@@ -107,7 +107,7 @@ fn read_app(
         if let (Some(n), Some(a)) = (&sname, &auto_swap) {
             auto_swaps.push((n.value.clone(), a.clone()));
         }
-        if let Some(slot) = read_slot(doc, st, sname.as_ref(), hosts_seen) {
+        if let Some(slot) = read_slot(doc, st, sname.as_ref(), hosts_seen, &headers_out) {
             slots.push(SlotConfig {
                 auto_swap: auto_swap.map(|a| a.value),
                 ..slot
@@ -223,6 +223,7 @@ fn read_slot(
     mut t: Table,
     name: Option<&At<String>>,
     hosts_seen: &mut HashMap<String, (String, usize)>,
+    settings_headers: &[(String, String)],
 ) -> Option<SlotConfig> {
     let errors_before = doc.errors.len();
     let mut hosts = Vec::new();
@@ -342,6 +343,10 @@ fn read_slot(
         .collect();
     let mut settings = BTreeMap::new();
     for (k, v) in t.string_map(doc, "settings").unwrap_or_default() {
+        // A setting sent as a header must be a valid header value.
+        if settings_headers.iter().any(|(s, _)| s == &k.value) && !check_header_value(doc, &v) {
+            continue;
+        }
         settings.insert(k.value, v.value);
     }
     t.finish(doc);
@@ -382,6 +387,9 @@ fn check_header_value(doc: &mut Doc, v: &At<String>) -> bool {
     true
 }
 
+/// The longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration> {
     let s = t.string_hinted(doc, key, Some(DURATION_HINT));
     if s.is_none() && t.has(key) {
@@ -391,6 +399,15 @@ fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration>
     match parse_duration(&s.value) {
         Ok(d) if d.is_zero() => {
             doc.error(&s.span, &s.key, "must be longer than zero", None);
+            None
+        }
+        Ok(d) if d > MAX_DURATION => {
+            doc.error(
+                &s.span,
+                &s.key,
+                "is longer than 24h",
+                Some("durations are capped at 24h".into()),
+            );
             None
         }
         Ok(d) => Some(d),

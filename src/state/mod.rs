@@ -20,11 +20,11 @@ use crate::model::{now_rfc3339, AppState, Deployment, State, STATE_FORMAT};
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read the state file {path}: {reason}")]
+    #[error("cannot read the state file {path}: {reason} (check that slotd may read it; it was left untouched)")]
     Read { path: PathBuf, reason: String },
     #[error("the state file {path} is not valid slotd state: {reason} (it was left untouched: fix it, or move it away to start from the config's initial deployments)")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("cannot write the state file {path}: {reason}")]
+    #[error("cannot write the state file {path}: {reason} (check free space and that slotd may write to its folder)")]
     Write { path: PathBuf, reason: String },
 }
 

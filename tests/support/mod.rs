@@ -95,7 +95,12 @@ impl Upstream {
     }
 
     pub async fn start_with(name: &str, answer: Answer) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at(name, answer, "127.0.0.1:0").await
+    }
+
+    /// An upstream listening on `bind` (e.g. `[::1]:0`).
+    pub async fn start_at(name: &str, answer: Answer, bind: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");

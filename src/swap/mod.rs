@@ -25,12 +25,10 @@
 //! A rollback is a swap of the same source and target as the last completed swap,
 //! allowed only while the two slots still hold what that swap left there.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
-
-use std::sync::Arc;
 
 use crate::config::{AppConfig, Config, SlotConfig};
 use crate::control::{AppGuard, ControlPlane, OpError};
@@ -40,6 +38,9 @@ use crate::model::{
 };
 use crate::routing::upstream_headers;
 use crate::warmup::{fmt_duration, warm_up, WarmupPlan};
+
+mod plan;
+pub use plan::{plan, PoolMove, SwapPlan, WarmupView};
 
 /// What a caller asks for.
 #[derive(Debug, Clone)]
@@ -51,11 +52,11 @@ pub struct SwapRequest {
 }
 
 /// What validation found: the two slots and what they hold.
-struct Plan {
-    source: SlotConfig,
-    target: SlotConfig,
-    source_deployment: Deployment,
-    target_deployment: Option<Deployment>,
+pub(crate) struct Plan {
+    pub(crate) source: SlotConfig,
+    pub(crate) target: SlotConfig,
+    pub(crate) source_deployment: Deployment,
+    pub(crate) target_deployment: Option<Deployment>,
 }
 
 /// Times one phase and turns it into a record.
@@ -96,13 +97,75 @@ impl PhaseTimer {
 /// Refusals (unknown app or slot, a swap under way, nothing to swap) are errors and
 /// leave no record.
 pub async fn swap(cp: &ControlPlane, app: &str, req: SwapRequest) -> Result<SwapRecord, OpError> {
-    let guard = cp.begin(app)?;
+    let guard = cp.begin(
+        app,
+        format!("swap of `{}` into `{}`", req.source, req.target),
+    )?;
     run_swap(cp, &guard, app, req, None).await
+}
+
+/// The auto-swap after a deploy to a slot with `auto_swap`, under the deploy's claim
+/// on the app so nothing can slip in between. A refusal (say, a preview waiting) is
+/// kept in the history as a `failed` swap, since no caller is waiting to hear it.
+pub async fn auto_swap(
+    cp: &ControlPlane,
+    guard: &AppGuard<'_>,
+    app: &str,
+    source: &str,
+    target: &str,
+) {
+    let req = SwapRequest {
+        source: source.to_string(),
+        target: target.to_string(),
+        preview: false,
+        trigger: SwapTrigger::AutoSwap,
+    };
+    if let Err(e) = run_swap(cp, guard, app, req.clone(), None).await {
+        tracing::warn!(app, source, target, error = %e, "auto-swap refused");
+        record_refusal(cp, app, &req, e.to_string()).await;
+    }
+}
+
+/// Keeps a swap that was refused before it began as a `failed` record.
+async fn record_refusal(cp: &ControlPlane, app: &str, req: &SwapRequest, why: String) {
+    let now = now_rfc3339();
+    let stored = cp
+        .commit_without_routing(app, |_, st| {
+            let rec = SwapRecord {
+                id: next_swap_id(st),
+                app: app.to_string(),
+                source: req.source.clone(),
+                target: req.target.clone(),
+                state: SwapState::Failed,
+                trigger: req.trigger,
+                rollback_of: None,
+                started_at: now.clone(),
+                finished_at: Some(now.clone()),
+                phases: vec![PhaseRecord {
+                    name: "validate".into(),
+                    started_at: now.clone(),
+                    duration_ms: 0,
+                    ok: false,
+                    detail: why.clone(),
+                }],
+                error: Some(why.clone()),
+                source_deployment: st.deployment(&req.source).map(DeploymentRef::from),
+                target_deployment: st.deployment(&req.target).map(DeploymentRef::from),
+            };
+            st.next_swap = st.next_swap.max(parse_seq(&rec.id));
+            st.record(rec);
+            Ok(())
+        })
+        .await;
+    if let Err(e) = stored {
+        tracing::error!(app, error = %e, "the refused swap could not be recorded");
+    }
+    cp.metrics().swap_finished(app, "failed");
 }
 
 /// Swaps back the last completed swap of `app`.
 pub async fn rollback(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
-    let guard = cp.begin(app)?;
+    let guard = cp.begin(app, "rollback")?;
     let (_, st) = cp.app(app).await?;
     let last = st
         .history
@@ -130,9 +193,16 @@ pub async fn rollback(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
             )));
         }
     }
+    // Swapping the same two slots again exchanges their deployments back. If that
+    // swap moved a pool into an empty slot, its source is empty now: go the other way.
+    let (source, target) = if last.target_deployment.is_some() {
+        (last.source.clone(), last.target.clone())
+    } else {
+        (last.target.clone(), last.source.clone())
+    };
     let req = SwapRequest {
-        source: last.source.clone(),
-        target: last.target.clone(),
+        source,
+        target,
         preview: false,
         trigger: SwapTrigger::Rollback,
     };
@@ -215,7 +285,7 @@ async fn run_swap(
                 plan.source_deployment.instances.len(),
                 plan.source_deployment.id,
                 accepted_text(app_config),
-                warm.config_path()
+                warm.path
             ),
         ));
 
@@ -239,7 +309,7 @@ async fn run_swap(
 
 /// `POST .../swap/complete`: runs switch and settle for the swap in preview.
 pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
-    let _guard = cp.begin(app)?;
+    let _guard = cp.begin(app, "completion of a swap preview")?;
     let (config, st, rec) = pending(cp, app, "complete").await?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
@@ -253,7 +323,13 @@ pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
             && app_config.slot(&rec.target).is_some();
         if !unchanged {
             let mut rec = rec;
-            let why = "the slots no longer hold what the preview warmed up".to_string();
+            let why = format!(
+                "the slots changed since the preview: `{}` holds {} and `{}` holds {} now; start a new swap",
+                rec.source,
+                describe(st.deployment(&rec.source).map(DeploymentRef::from).as_ref()),
+                rec.target,
+                describe(st.deployment(&rec.target).map(DeploymentRef::from).as_ref()),
+            );
             rec.phases
                 .push(PhaseTimer::start("switch").finish(false, why.clone()));
             return Ok(fail(cp, rec, why).await);
@@ -281,7 +357,7 @@ async fn pending(
 
 /// `POST .../swap/cancel`: ends the swap in preview; routing never changed.
 pub async fn cancel(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError> {
-    let _guard = cp.begin(app)?;
+    let _guard = cp.begin(app, "cancellation of a swap preview")?;
     let (_, _, mut rec) = pending(cp, app, "cancel").await?;
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
@@ -330,7 +406,7 @@ async fn switch_and_settle(
                 || t.as_ref().map(|d| &d.id) != target_id.as_ref()
             {
                 return Err(OpError::Conflict(
-                    "the slots changed while the swap was warming up; nothing was switched".into(),
+                    "the slots changed while the swap was warming up; nothing was switched: start the swap again".into(),
                 ));
             }
             st.slots.insert(source, t);
@@ -442,7 +518,11 @@ fn parse_seq(id: &str) -> u64 {
     id.trim_start_matches('s').parse().unwrap_or(0)
 }
 
-fn validate_swap(app: &AppConfig, st: &AppState, req: &SwapRequest) -> Result<Plan, OpError> {
+pub(crate) fn validate_swap(
+    app: &AppConfig,
+    st: &AppState,
+    req: &SwapRequest,
+) -> Result<Plan, OpError> {
     let slot = |name: &str, field: &str| {
         if name.is_empty() {
             return Err(OpError::Invalid(format!("{field}: name a slot")));
@@ -467,7 +547,7 @@ fn validate_swap(app: &AppConfig, st: &AppState, req: &SwapRequest) -> Result<Pl
         )));
     }
     let source_deployment = st.deployment(&source.name).cloned().ok_or_else(|| {
-        OpError::Invalid(format!(
+        OpError::Conflict(format!(
             "source: slot `{}` holds no deployment; deploy to it first",
             source.name
         ))
@@ -498,12 +578,6 @@ fn warmup_plan(app: &AppConfig, slot: &SlotConfig, deployment: Option<&Deploymen
         host: slot.hosts.first().cloned().unwrap_or_default(),
         headers,
         config: app.warmup.clone(),
-    }
-}
-
-impl WarmupPlan {
-    fn config_path(&self) -> &str {
-        &self.path
     }
 }
 
@@ -540,78 +614,4 @@ async fn run_warmup(d: &Deployment, plan: &WarmupPlan) -> Result<(), String> {
             fmt_duration(plan.config.timeout)
         ))
     }
-}
-
-/// What a swap would do, computed without doing anything (`dry_run`).
-#[derive(Debug, serde::Serialize)]
-pub struct SwapPlan {
-    pub dry_run: bool,
-    pub app: String,
-    pub source: String,
-    pub target: String,
-    /// Each pool and where it goes.
-    pub moves: Vec<PoolMove>,
-    /// The warm-up the source pool would get.
-    pub warmup: WarmupView,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct PoolMove {
-    pub deployment: Option<DeploymentRef>,
-    pub from: String,
-    pub to: String,
-    /// Hostnames it would answer after the swap.
-    pub hosts: Vec<String>,
-    /// Upstream request headers it serves with now, and would serve with after.
-    pub headers_before: BTreeMap<String, String>,
-    pub headers_after: BTreeMap<String, String>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct WarmupView {
-    pub path: String,
-    pub host: String,
-    pub statuses: Vec<u16>,
-    pub instances: Vec<String>,
-}
-
-/// Validates a swap and describes it; changes nothing.
-pub async fn plan(cp: &ControlPlane, app: &str, req: &SwapRequest) -> Result<SwapPlan, OpError> {
-    let (config, st) = cp.app(app).await?;
-    let app_config = config.app(app).expect("checked by cp.app");
-    let plan = validate_swap(app_config, &st, req)?;
-    let headers = |slot: &SlotConfig, d: Option<&Deployment>| -> BTreeMap<String, String> {
-        upstream_headers(app_config, slot, d).into_iter().collect()
-    };
-    let moves = vec![
-        PoolMove {
-            deployment: Some(DeploymentRef::from(&plan.source_deployment)),
-            from: plan.source.name.clone(),
-            to: plan.target.name.clone(),
-            hosts: plan.target.hosts.clone(),
-            headers_before: headers(&plan.source, Some(&plan.source_deployment)),
-            headers_after: headers(&plan.target, Some(&plan.source_deployment)),
-        },
-        PoolMove {
-            deployment: plan.target_deployment.as_ref().map(DeploymentRef::from),
-            from: plan.target.name.clone(),
-            to: plan.source.name.clone(),
-            hosts: plan.source.hosts.clone(),
-            headers_before: headers(&plan.target, plan.target_deployment.as_ref()),
-            headers_after: headers(&plan.source, plan.target_deployment.as_ref()),
-        },
-    ];
-    Ok(SwapPlan {
-        dry_run: true,
-        app: app.to_string(),
-        source: plan.source.name.clone(),
-        target: plan.target.name.clone(),
-        moves,
-        warmup: WarmupView {
-            path: app_config.warmup.path.clone(),
-            host: plan.target.hosts.first().cloned().unwrap_or_default(),
-            statuses: app_config.warmup.statuses.clone(),
-            instances: plan.source_deployment.instances.clone(),
-        },
-    })
 }
