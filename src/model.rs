@@ -190,6 +190,7 @@ impl AppState {
 
     /// Adds a finished swap record at the front of the history.
     pub fn record(&mut self, rec: SwapRecord) {
+        self.count_swap(&rec.id);
         self.history.insert(0, rec);
         self.history.truncate(HISTORY_LIMIT);
     }
@@ -199,9 +200,16 @@ impl AppState {
         format!("d{}", self.next_deployment)
     }
 
-    pub fn new_swap_id(&mut self) -> String {
-        self.next_swap += 1;
-        format!("s{}", self.next_swap)
+    /// The id the next swap of this app gets (`s1`, `s2`, ...). It is taken once a
+    /// record with it is stored ([`Self::record`], [`Self::count_swap`]).
+    pub fn upcoming_swap_id(&self) -> String {
+        format!("s{}", self.next_swap + 1)
+    }
+
+    /// Marks a swap id as taken.
+    pub fn count_swap(&mut self, id: &str) {
+        let seq = id.trim_start_matches('s').parse().unwrap_or(0);
+        self.next_swap = self.next_swap.max(seq);
     }
 }
 

@@ -269,14 +269,6 @@ impl RoutingTable {
     pub fn slot(&self, r: SlotRef) -> &SlotRoute {
         &self.apps[r.app as usize].slots[r.slot as usize]
     }
-
-    pub fn app(&self, r: SlotRef) -> &AppRoute {
-        &self.apps[r.app as usize]
-    }
-
-    pub fn apps(&self) -> &[AppRoute] {
-        &self.apps
-    }
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {

@@ -22,10 +22,6 @@ impl FileStore {
     pub fn new(path: PathBuf) -> Self {
         FileStore { path }
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn read(path: &Path) -> Result<Option<State>, StateError> {

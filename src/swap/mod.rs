@@ -132,7 +132,7 @@ async fn record_refusal(cp: &ControlPlane, app: &str, req: &SwapRequest, why: St
     let stored = cp
         .commit_without_routing(app, |_, st| {
             let rec = SwapRecord {
-                id: next_swap_id(st),
+                id: st.upcoming_swap_id(),
                 app: app.to_string(),
                 source: req.source.clone(),
                 target: req.target.clone(),
@@ -152,7 +152,6 @@ async fn record_refusal(cp: &ControlPlane, app: &str, req: &SwapRequest, why: St
                 source_deployment: st.deployment(&req.source).map(DeploymentRef::from),
                 target_deployment: st.deployment(&req.target).map(DeploymentRef::from),
             };
-            st.next_swap = st.next_swap.max(parse_seq(&rec.id));
             st.record(rec);
             Ok(())
         })
@@ -227,7 +226,7 @@ async fn run_swap(
     let (config, st) = cp.app(app).await?;
     let app_config = config.app(app).expect("checked by cp.app");
     let plan = validate_swap(app_config, &st, &req)?;
-    let id = next_swap_id(&st);
+    let id = st.upcoming_swap_id();
     let span =
         tracing::info_span!("swap", app, swap_id = %id, source = %req.source, target = %req.target);
     async move {
@@ -293,7 +292,7 @@ async fn run_swap(
             rec.state = SwapState::Preview;
             let pending = rec.clone();
             cp.commit_without_routing(app, |_, st| {
-                st.next_swap = st.next_swap.max(parse_seq(&pending.id));
+                st.count_swap(&pending.id);
                 st.pending_swap = Some(pending);
                 Ok(())
             })
@@ -412,7 +411,6 @@ async fn switch_and_settle(
             st.slots.insert(source, t);
             st.slots.insert(target, s);
             st.pending_swap = None;
-            st.next_swap = st.next_swap.max(parse_seq(&rec_for_state.id));
             st.record(rec_for_state);
             Ok(())
         })
@@ -487,7 +485,6 @@ async fn fail(cp: &ControlPlane, mut rec: SwapRecord, why: String) -> SwapRecord
             if st.pending_swap.as_ref().is_some_and(|p| p.id == id) {
                 st.pending_swap = None;
             }
-            st.next_swap = st.next_swap.max(parse_seq(&id));
             st.record(done);
             Ok(())
         })
@@ -508,14 +505,6 @@ fn replace_record(st: &mut AppState, rec: SwapRecord) {
         Some(r) => *r = rec,
         None => st.record(rec),
     }
-}
-
-fn next_swap_id(st: &AppState) -> String {
-    format!("s{}", st.next_swap + 1)
-}
-
-fn parse_seq(id: &str) -> u64 {
-    id.trim_start_matches('s').parse().unwrap_or(0)
 }
 
 pub(crate) fn validate_swap(
