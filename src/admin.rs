@@ -176,7 +176,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.cp.metrics().render(),
+        state.cp.render_metrics(),
     )
         .into_response()
 }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
@@ -127,11 +128,19 @@ impl ControlPlane {
         self.resolve_new_hostnames(&loaded).await;
         let table = self.build(&config, &loaded);
         if changed {
-            self.store.save(&loaded, "").await?;
+            self.save(&loaded, "").await?;
         }
         *state = loaded;
         self.install(table, &config, &state);
         Ok(())
+    }
+
+    /// Writes the state durably, timing the write.
+    async fn save(&self, state: &State, changed_app: &str) -> Result<(), StateError> {
+        let started = Instant::now();
+        let saved = self.store.save(state, changed_app).await;
+        self.metrics.state_write(started.elapsed(), saved.is_ok());
+        saved
     }
 
     /// The table the data plane reads.
@@ -145,6 +154,13 @@ impl ControlPlane {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The Prometheus text of every metric, with instance health read now.
+    pub fn render_metrics(&self) -> String {
+        let table = self.routing.load();
+        self.metrics.set_instances(table.instances());
+        self.metrics.render()
     }
 
     pub fn describe_store(&self) -> String {
@@ -226,7 +242,7 @@ impl ControlPlane {
         } else {
             None
         };
-        if let Err(e) = self.store.save(&next, app).await {
+        if let Err(e) = self.save(&next, app).await {
             tracing::error!(app, error = %e, "state store write failed; nothing changed");
             return Err(OpError::Store(e));
         }

@@ -12,6 +12,7 @@
 //! is retried once on another instance.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::metrics::UpstreamError;
 use crate::routing::{Pick, RoutingTable, SlotRef};
 
 /// The data plane.
@@ -41,6 +43,9 @@ impl SlotProxy {
 /// Per-request state: the table snapshot and what was chosen from it.
 pub struct RequestCtx {
     table: Arc<RoutingTable>,
+    started: Instant,
+    /// Set once the host matched; the slot's active-requests gauge counts the
+    /// request from then until the context is dropped.
     slot: Option<SlotRef>,
     instance: Option<usize>,
     /// The instance whose connection failed, so the retry avoids it.
@@ -51,7 +56,42 @@ pub struct RequestCtx {
     host: Option<HeaderValue>,
 }
 
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if let Some(r) = self.slot {
+            self.table.slot(r).metrics.active.dec();
+        }
+    }
+}
+
 const X_SLOT: &str = "x-slot";
+
+/// The kind of an upstream failure; `None` for failures that are not the upstream's.
+fn upstream_error_kind(e: &Error) -> Option<UpstreamError> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::TLSWantX509Lookup
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError
+        | ErrorType::ConnectProxyFailure => UpstreamError::Connect,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => UpstreamError::Timeout,
+        ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+            UpstreamError::Reset
+        }
+        ErrorType::HTTPStatus(_) => return None,
+        _ => UpstreamError::BadResponse,
+    })
+}
 
 /// The host a request is for: the authority of an HTTP/2 request or of an HTTP/1
 /// absolute-form target (`GET http://shop.example.com/ HTTP/1.1`, which takes
@@ -125,6 +165,7 @@ impl ProxyHttp for SlotProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             table: self.routing.load_full(),
+            started: Instant::now(),
             slot: None,
             instance: None,
             failed: None,
@@ -151,6 +192,7 @@ impl ProxyHttp for SlotProxy {
             .and_then(|h| ctx.table.route(h.as_bytes()));
         match route {
             Some(r) => {
+                ctx.table.slot(r).metrics.active.inc();
                 ctx.slot = Some(r);
                 Ok(false)
             }
@@ -177,7 +219,9 @@ impl ProxyHttp for SlotProxy {
             Pick::Instance(i) => {
                 ctx.instance = Some(i);
                 let pool = slot.pool.as_ref().expect("Pick::Instance implies a pool");
-                let peer = pool.instances[i]
+                let instance = &pool.instances[i];
+                instance.metrics.requests.inc();
+                let peer = instance
                     .peer
                     .as_ref()
                     .expect("pick only returns resolved instances");
@@ -204,11 +248,16 @@ impl ProxyHttp for SlotProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let pool = ctx.slot.and_then(|r| {
+            let slot = ctx.table.slot(r);
+            slot.metrics.upstream_error(UpstreamError::Connect);
+            slot.pool.as_ref()
+        });
+        if let (Some(pool), Some(i)) = (pool, ctx.instance) {
+            pool.instances[i].metrics.failures.inc();
+        }
         // Retry once, on another instance; only if the pool has one.
-        let others = ctx
-            .slot
-            .and_then(|r| ctx.table.slot(r).pool.as_ref())
-            .is_some_and(|p| p.instances.len() > 1);
+        let others = pool.is_some_and(|p| p.instances.len() > 1);
         if ctx.failed.is_none() && others {
             ctx.failed = ctx.instance;
             e.set_retry(true);
@@ -307,12 +356,79 @@ impl ProxyHttp for SlotProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let Some(r) = ctx.slot {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            ctx.table.slot(r).metrics.observe(status);
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(r) = ctx.slot else {
+            if ctx.table.access_log {
+                access_log(session, e, ctx, None);
+            }
+            return;
+        };
+        let slot = ctx.table.slot(r);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let downstream = session.as_downstream();
+        slot.metrics.observe(
+            status,
+            ctx.started.elapsed(),
+            downstream.body_bytes_read(),
+            downstream.body_bytes_sent(),
+        );
+        // Connect failures were counted as they happened (fail_to_connect).
+        if let Some(kind) = e.and_then(upstream_error_kind) {
+            if kind != UpstreamError::Connect {
+                slot.metrics.upstream_error(kind);
+                if let (Some(pool), Some(i)) = (&slot.pool, ctx.instance) {
+                    pool.instances[i].metrics.failures.inc();
+                }
+            }
+        }
+        if ctx.table.access_log {
+            access_log(session, e, ctx, Some(r));
         }
     }
+}
+
+/// One `slotd::access` event for a finished request (only with `[proxy] access_log`).
+#[cold]
+fn access_log(session: &Session, e: Option<&Error>, ctx: &RequestCtx, r: Option<SlotRef>) {
+    let req = session.req_header();
+    let status = session.response_written().map_or(0, |r| r.status.as_u16());
+    let client = match session.client_addr() {
+        Some(PeerAddr::Inet(a)) => a.ip().to_string(),
+        _ => String::new(),
+    };
+    let host = ctx
+        .host
+        .as_ref()
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let (app, slot, instance) = match r {
+        Some(r) => {
+            let slot = ctx.table.slot(r);
+            let instance = match (&slot.pool, ctx.instance) {
+                (Some(pool), Some(i)) => &*pool.instances[i].address,
+                _ => "",
+            };
+            (ctx.table.app_name(r), &*slot.name, instance)
+        }
+        None => ("", "", ""),
+    };
+    let downstream = session.as_downstream();
+    tracing::info!(
+        target: "slotd::access",
+        client = %client,
+        method = %req.method,
+        host = %host,
+        uri = %req.uri,
+        version = ?req.version,
+        status,
+        duration_us = ctx.started.elapsed().as_micros() as u64,
+        received_bytes = downstream.body_bytes_read(),
+        sent_bytes = downstream.body_bytes_sent(),
+        app,
+        slot,
+        instance,
+        error = %e.map(|e| e.etype().as_str()).unwrap_or(""),
+    );
 }
 
 #[cfg(test)]

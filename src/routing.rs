@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{AppConfig, Config, SlotConfig};
-use crate::metrics::{Metrics, SlotMetrics};
+use crate::metrics::{InstanceMetrics, Metrics, SlotMetrics};
 use crate::model::{AppState, Deployment, State};
 
 /// Index of a slot in a table: (app, slot).
@@ -32,6 +32,8 @@ pub struct SlotRef {
 /// An immutable snapshot of where every host's requests go.
 pub struct RoutingTable {
     generation: u64,
+    /// `[proxy] access_log`: one log event per request.
+    pub access_log: bool,
     hosts: HashMap<Box<str>, SlotRef>,
     apps: Vec<AppRoute>,
 }
@@ -70,6 +72,7 @@ pub struct PoolInstance {
     /// `None` when the hostname did not resolve when the table was built.
     pub peer: Option<HttpPeer>,
     pub health: Arc<InstanceHealth>,
+    pub metrics: InstanceMetrics,
 }
 
 /// Health of one upstream address, shared by every pool and table that lists it.
@@ -193,6 +196,7 @@ impl RoutingTable {
     pub fn empty() -> Self {
         RoutingTable {
             generation: 0,
+            access_log: false,
             hosts: HashMap::new(),
             apps: Vec::new(),
         }
@@ -233,6 +237,7 @@ impl RoutingTable {
         }
         let table = RoutingTable {
             generation,
+            access_log: config.proxy.access_log,
             hosts,
             apps,
         };
@@ -266,8 +271,25 @@ impl RoutingTable {
         self.hosts.get(key).copied()
     }
 
+    pub fn app_name(&self, r: SlotRef) -> &str {
+        &self.apps[r.app as usize].name
+    }
+
     pub fn slot(&self, r: SlotRef) -> &SlotRoute {
         &self.apps[r.app as usize].slots[r.slot as usize]
+    }
+
+    /// Every instance the table serves: (app, slot, address, healthy).
+    pub fn instances(&self) -> impl Iterator<Item = (&str, &str, &str, bool)> {
+        self.apps.iter().flat_map(|app| {
+            app.slots.iter().flat_map(move |slot| {
+                slot.pool.iter().flat_map(move |pool| {
+                    pool.instances
+                        .iter()
+                        .map(move |i| (&*app.name, &*slot.name, &*i.address, i.health.is_healthy()))
+                })
+            })
+        })
     }
 }
 
@@ -324,6 +346,7 @@ fn build_slot(
                     address: Arc::from(address.as_str()),
                     peer,
                     health: shared.health(address),
+                    metrics: metrics.instance(&app.name, &slot.name, address),
                 }
             })
             .collect();

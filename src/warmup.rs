@@ -33,6 +33,8 @@ pub struct InstanceWarmup {
     pub address: String,
     pub ok: bool,
     pub attempts: u32,
+    /// Attempts answered with an accepted status.
+    pub successes: u32,
     pub error: Option<String>,
 }
 
@@ -65,6 +67,7 @@ pub async fn warm_up(instances: &[String], plan: &WarmupPlan) -> Vec<InstanceWar
                 address: address.clone(),
                 ok: false,
                 attempts: 0,
+                successes: 0,
                 error: Some("warm-up task failed".into()),
             })
         })
@@ -90,6 +93,7 @@ async fn warm_instance(address: String, plan: &WarmupPlan, deadline: Instant) ->
                         address,
                         ok: true,
                         attempts,
+                        successes,
                         error: None,
                     };
                 }
@@ -119,6 +123,7 @@ async fn warm_instance(address: String, plan: &WarmupPlan, deadline: Instant) ->
         address,
         ok: false,
         attempts,
+        successes,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Config {
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    /// One `slotd::access` log event per request (off by default).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
         return Some(ProxyConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             threads: default_threads,
+            access_log: false,
         });
     };
     let mut ok = true;
@@ -49,8 +50,20 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
         }
         None => default_threads,
     };
+    let access_log = match t.boolean(doc, "access_log") {
+        Some(v) => v.value,
+        None if t.has("access_log") => {
+            ok = false;
+            false
+        }
+        None => false,
+    };
     t.finish(doc);
-    ok.then_some(ProxyConfig { listen, threads })
+    ok.then_some(ProxyConfig {
+        listen,
+        threads,
+        access_log,
+    })
 }
 
 fn listen_address(doc: &mut Doc, a: &At<String>, example: &str) -> Option<SocketAddr> {

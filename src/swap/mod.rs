@@ -60,15 +60,19 @@ pub(crate) struct Plan {
 }
 
 /// Times one phase and turns it into a record.
-struct PhaseTimer {
+struct PhaseTimer<'a> {
+    cp: &'a ControlPlane,
+    app: &'a str,
     name: &'static str,
     started_at: String,
     start: Instant,
 }
 
-impl PhaseTimer {
-    fn start(name: &'static str) -> Self {
+impl<'a> PhaseTimer<'a> {
+    fn start(cp: &'a ControlPlane, app: &'a str, name: &'static str) -> Self {
         PhaseTimer {
+            cp,
+            app,
             name,
             started_at: now_rfc3339(),
             start: Instant::now(),
@@ -77,7 +81,9 @@ impl PhaseTimer {
 
     fn finish(self, ok: bool, detail: impl Into<String>) -> PhaseRecord {
         let detail = detail.into();
-        let duration_ms = self.start.elapsed().as_millis() as u64;
+        let elapsed = self.start.elapsed();
+        self.cp.metrics().swap_phase(self.app, self.name, elapsed);
+        let duration_ms = elapsed.as_millis() as u64;
         if ok {
             tracing::info!(phase = self.name, duration_ms, ok, detail = %detail, "swap phase");
         } else {
@@ -222,7 +228,7 @@ async fn run_swap(
     req: SwapRequest,
     rollback_of: Option<String>,
 ) -> Result<SwapRecord, OpError> {
-    let validate = PhaseTimer::start("validate");
+    let validate = PhaseTimer::start(cp, app, "validate");
     let (config, st) = cp.app(app).await?;
     let app_config = config.app(app).expect("checked by cp.app");
     let plan = validate_swap(app_config, &st, &req)?;
@@ -258,7 +264,7 @@ async fn run_swap(
         ));
 
         // apply-settings
-        let phase = PhaseTimer::start("apply-settings");
+        let phase = PhaseTimer::start(cp, app, "apply-settings");
         let warm = warmup_plan(app_config, &plan.target, Some(&plan.source_deployment));
         let header_names: Vec<&str> = warm.headers.iter().map(|(k, _)| k.as_str()).collect();
         rec.phases.push(phase.finish(
@@ -272,8 +278,8 @@ async fn run_swap(
         ));
 
         // warm-up
-        let phase = PhaseTimer::start("warm-up");
-        if let Err(why) = run_warmup(&plan.source_deployment, &warm).await {
+        let phase = PhaseTimer::start(cp, app, "warm-up");
+        if let Err(why) = run_warmup(cp, app, &plan.source_deployment, &warm).await {
             rec.phases.push(phase.finish(false, why.clone()));
             return Ok(fail(cp, rec, why).await);
         }
@@ -330,7 +336,7 @@ pub async fn complete(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpErro
                 describe(st.deployment(&rec.target).map(DeploymentRef::from).as_ref()),
             );
             rec.phases
-                .push(PhaseTimer::start("switch").finish(false, why.clone()));
+                .push(PhaseTimer::start(cp, app, "switch").finish(false, why.clone()));
             return Ok(fail(cp, rec, why).await);
         }
         switch_and_settle(cp, app, rec).await
@@ -361,7 +367,8 @@ pub async fn cancel(cp: &ControlPlane, app: &str) -> Result<SwapRecord, OpError>
     let span = tracing::info_span!("swap", app, swap_id = %rec.id, source = %rec.source, target = %rec.target);
     async move {
         rec.phases.push(
-            PhaseTimer::start("cancel").finish(true, "cancelled in preview; routing never changed"),
+            PhaseTimer::start(cp, app, "cancel")
+                .finish(true, "cancelled in preview; routing never changed"),
         );
         rec.state = SwapState::Cancelled;
         rec.finished_at = Some(now_rfc3339());
@@ -384,7 +391,7 @@ async fn switch_and_settle(
     app: &str,
     mut rec: SwapRecord,
 ) -> Result<SwapRecord, OpError> {
-    let phase = PhaseTimer::start("switch");
+    let phase = PhaseTimer::start(cp, app, "switch");
     let source_id = rec.source_deployment.as_ref().map(|d| d.id.clone());
     let target_id = rec.target_deployment.as_ref().map(|d| d.id.clone());
     let switched = {
@@ -430,13 +437,13 @@ async fn switch_and_settle(
         .push(phase.finish(true, "state written; routing published"));
 
     // settle: the old target pool now serves the source slot.
-    let phase = PhaseTimer::start("settle");
+    let phase = PhaseTimer::start(cp, app, "settle");
     let (config, st) = cp.app(app).await?;
     let app_config = config.app(app).expect("checked by cp.app");
     let settle = match (st.deployment(&rec.source), app_config.slot(&rec.source)) {
         (Some(old_target), Some(source_slot)) => {
             let warm = warmup_plan(app_config, source_slot, Some(old_target));
-            match run_warmup(old_target, &warm).await {
+            match run_warmup(cp, app, old_target, &warm).await {
                 Ok(()) => phase.finish(
                     true,
                     format!("{} now serves `{}` and is warm", old_target.id, rec.source),
@@ -579,8 +586,20 @@ fn accepted_text(app: &AppConfig) -> String {
 }
 
 /// Warms a deployment; the error names every instance that failed and why.
-async fn run_warmup(d: &Deployment, plan: &WarmupPlan) -> Result<(), String> {
+async fn run_warmup(
+    cp: &ControlPlane,
+    app: &str,
+    d: &Deployment,
+    plan: &WarmupPlan,
+) -> Result<(), String> {
     let results = warm_up(&d.instances, plan).await;
+    let requests: u32 = results.iter().map(|r| r.attempts).sum();
+    let successes: u32 = results.iter().map(|r| r.successes).sum();
+    cp.metrics().warmup(
+        app,
+        requests.into(),
+        requests.saturating_sub(successes).into(),
+    );
     let failed: Vec<String> = results
         .iter()
         .filter(|r| !r.ok)

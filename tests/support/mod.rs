@@ -317,10 +317,25 @@ pub fn slotd_bin() -> &'static str {
 
 /// `[proxy]`, `[admin]` and `[state]` for a test server; `apps` is appended.
 pub fn server_config(proxy: SocketAddr, admin: SocketAddr, apps: &str) -> String {
+    server_config_with(proxy, admin, "", apps)
+}
+
+/// [`server_config`] with extra `[proxy]` lines.
+pub fn server_config_with(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    proxy_extra: &str,
+    apps: &str,
+) -> String {
+    let proxy_extra = if proxy_extra.is_empty() {
+        String::new()
+    } else {
+        format!("\n{proxy_extra}")
+    };
     format!(
         r#"[proxy]
 listen = ["{proxy}"]
-threads = 2
+threads = 2{proxy_extra}
 
 [admin]
 listen = "{admin}"
@@ -380,11 +395,21 @@ impl Slotd {
 
     /// Starts slotd in `dir`, writing a fresh config there.
     pub async fn start_in(dir: tempfile::TempDir, apps: &str) -> Slotd {
+        Self::start_configured(dir, "", apps).await
+    }
+
+    /// Starts slotd with extra `[proxy]` lines (e.g. `access_log = true`).
+    pub async fn start_with_proxy(proxy_extra: &str, apps: &str) -> Slotd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_configured(dir, proxy_extra, apps).await
+    }
+
+    async fn start_configured(dir: tempfile::TempDir, proxy_extra: &str, apps: &str) -> Slotd {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         std::fs::write(
             dir.path().join("slotd.toml"),
-            server_config(proxy, admin, apps),
+            server_config_with(proxy, admin, proxy_extra, apps),
         )
         .unwrap();
         std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
