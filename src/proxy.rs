@@ -11,6 +11,7 @@
 //! healthy instance, 502 upstream failure, 504 upstream timeout. A connect failure
 //! is retried once on another instance.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,7 +28,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::UpstreamError;
-use crate::routing::{Pick, RoutingTable, SlotRef};
+use crate::routing::{Pick, RoutingTable, SlotRef, SlotRoute};
 
 /// The data plane.
 pub struct SlotProxy {
@@ -158,6 +159,50 @@ fn body_for(status: u16, unavailable: &'static str) -> &'static str {
     }
 }
 
+/// Prepares the request sent upstream: `Host` (when the client sent only an
+/// authority), `X-Forwarded-Host`, `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
+/// then the slot's sticky and settings headers, after removing settings headers the
+/// slot has no value for (so a client cannot supply them). Public for the benches.
+pub fn prepare_upstream_request(
+    upstream: &mut RequestHeader,
+    host: Option<&HeaderValue>,
+    client: Option<IpAddr>,
+    slot: Option<&SlotRoute>,
+) -> Result<()> {
+    if let Some(host) = host {
+        if upstream.headers.get(http::header::HOST).is_none() {
+            upstream.insert_header(http::header::HOST, host.clone())?;
+        }
+        upstream.insert_header("X-Forwarded-Host", host.clone())?;
+    }
+    if let Some(ip) = client {
+        let prev = upstream
+            .headers
+            .get("x-forwarded-for")
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty());
+        let mut xff = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+        if let Some(prev) = prev {
+            xff.extend_from_slice(prev);
+            xff.extend_from_slice(b", ");
+        }
+        let _ = write!(xff, "{ip}");
+        if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+            upstream.insert_header("X-Forwarded-For", v)?;
+        }
+    }
+    upstream.insert_header("X-Forwarded-Proto", "http")?;
+    if let Some(slot) = slot {
+        for name in &slot.unset_headers {
+            upstream.remove_header(name);
+        }
+        for (name, value) in &slot.headers {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for SlotProxy {
     type CTX = RequestCtx;
@@ -273,39 +318,12 @@ impl ProxyHttp for SlotProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(host) = &ctx.host {
-            if upstream.headers.get(http::header::HOST).is_none() {
-                upstream.insert_header(http::header::HOST, host.clone())?;
-            }
-            upstream.insert_header("X-Forwarded-Host", host.clone())?;
-        }
-        if let Some(PeerAddr::Inet(addr)) = session.client_addr() {
-            let prev = upstream
-                .headers
-                .get("x-forwarded-for")
-                .map(|v| v.as_bytes())
-                .filter(|v| !v.is_empty());
-            let mut xff = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-            if let Some(prev) = prev {
-                xff.extend_from_slice(prev);
-                xff.extend_from_slice(b", ");
-            }
-            let _ = write!(xff, "{}", addr.ip());
-            if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
-                upstream.insert_header("X-Forwarded-For", v)?;
-            }
-        }
-        upstream.insert_header("X-Forwarded-Proto", "http")?;
-        if let Some(r) = ctx.slot {
-            let slot = ctx.table.slot(r);
-            for name in &slot.unset_headers {
-                upstream.remove_header(name);
-            }
-            for (name, value) in &slot.headers {
-                upstream.insert_header(name.clone(), value.clone())?;
-            }
-        }
-        Ok(())
+        let client = match session.client_addr() {
+            Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
+            _ => None,
+        };
+        let slot = ctx.slot.map(|r| ctx.table.slot(r));
+        prepare_upstream_request(upstream, ctx.host.as_ref(), client, slot)
     }
 
     async fn response_filter(
