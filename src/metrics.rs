@@ -87,10 +87,6 @@ pub mod names {
         "slotd_state_store_write_errors_total",
         "State writes that failed (the change they carried was refused).",
     );
-    pub const CONFIG_RELOADS: (&str, &str) = (
-        "slotd_config_reloads_total",
-        "Reloads of the config file and the state, by result (success, failure).",
-    );
     pub const BUILD_INFO: (&str, &str) =
         ("slotd_build_info", "1, labelled with the version of slotd.");
 }
@@ -143,7 +139,6 @@ pub struct Metrics {
     deployment_info: IntGaugeVec,
     write_duration: Histogram,
     write_errors: IntCounter,
-    reloads: IntCounterVec,
     /// (app, slot, instance) series currently exported, so the ones of instances no
     /// table serves any more can be dropped.
     instance_series: Mutex<HashSet<[String; 3]>>,
@@ -230,10 +225,6 @@ impl Metrics {
             .expect("static metric definition");
         let build = gauge_vec(BUILD_INFO, &["version"]);
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let reloads = counter_vec(CONFIG_RELOADS, &["result"]);
-        for result in ["success", "failure"] {
-            reloads.with_label_values(&[result]);
-        }
         let m = Metrics {
             registry: Registry::new(),
             requests: counter_vec(REQUESTS, &["app", "slot", "class"]),
@@ -253,7 +244,6 @@ impl Metrics {
             deployment_info: gauge_vec(DEPLOYMENT_INFO, &["app", "slot", "version"]),
             write_duration,
             write_errors,
-            reloads,
             instance_series: Mutex::new(HashSet::new()),
         };
         let collectors: Vec<Box<dyn Collector>> = vec![
@@ -274,7 +264,6 @@ impl Metrics {
             Box::new(m.deployment_info.clone()),
             Box::new(m.write_duration.clone()),
             Box::new(m.write_errors.clone()),
-            Box::new(m.reloads.clone()),
             Box::new(build),
         ];
         for c in collectors {
@@ -356,11 +345,6 @@ impl Metrics {
         if !ok {
             self.write_errors.inc();
         }
-    }
-
-    pub fn config_reload(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.reloads.with_label_values(&[result]).inc();
     }
 
     pub fn set_generation(&self, generation: u64) {
