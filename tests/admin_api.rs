@@ -9,14 +9,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::{Slotd, Upstream, TOKEN};
-
-/// Quick to fail on a dead instance, yet with room for a loaded machine.
-const FAST_WARMUP: &str = r#"[app.warmup]
-statuses = [200]
-timeout = "3s"
-request_timeout = "1s"
-retry_interval = "100ms""#;
+use support::{Slotd, Upstream, FAST_WARMUP, TOKEN};
 
 const DEPLOY: &str = "/v1/apps/shop/slots/staging/deployment";
 const SWAP: &str = "/v1/apps/shop/swap";

@@ -8,14 +8,9 @@
 mod support;
 
 use serde_json::Value;
-use support::{free_port, refusing_address, run_cli, shop_app, Slotd, Upstream, TOKEN};
-
-/// Quick to fail on a dead instance, yet with room for a loaded machine.
-const FAST_WARMUP: &str = r#"[app.warmup]
-statuses = [200]
-timeout = "3s"
-request_timeout = "1s"
-retry_interval = "100ms""#;
+use support::{
+    free_port, refusing_address, run_cli, shop_app, Slotd, Upstream, FAST_WARMUP, TOKEN,
+};
 
 /// Runs the CLI against `slotd` off the async workers (the upstreams of the test run
 /// on them, and a swap needs them to answer its warm-up).

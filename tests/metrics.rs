@@ -10,15 +10,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, refusing_address, Slotd, Upstream};
+use support::{eventually, refusing_address, Slotd, Upstream, FAST_WARMUP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Quick to fail on a dead instance, yet with room for a loaded machine.
-const FAST_WARMUP: &str = r#"[app.warmup]
-statuses = [200]
-timeout = "3s"
-request_timeout = "1s"
-retry_interval = "100ms""#;
 
 const DEPLOY_PRODUCTION: &str = "/v1/apps/shop/slots/production/deployment";
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{eventually, refusing_address, shop_app, Slotd, Upstream, WsUpstream};
+use support::{eventually, refusing_address, shop_app, Slotd, Upstream, WsUpstream, FAST_WARMUP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,12 +22,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// How long any single network wait in these tests may take before the test fails.
 const WAIT: Duration = Duration::from_secs(15);
-
-const FAST_WARMUP: &str = r#"[app.warmup]
-statuses = [200]
-timeout = "3s"
-request_timeout = "1s"
-retry_interval = "100ms""#;
 
 /// A client that opens a fresh connection for every request. The proxy closes the
 /// connection after an error it answers itself without saying so (see

@@ -25,6 +25,13 @@ use serde_json::Value;
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// A port nobody listens on right now.
+/// Warm-up settings quick to fail on a dead instance, yet with room for a loaded machine.
+pub const FAST_WARMUP: &str = r#"[app.warmup]
+statuses = [200]
+timeout = "3s"
+request_timeout = "1s"
+retry_interval = "100ms""#;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind 127.0.0.1:0")
