@@ -191,7 +191,7 @@ pub fn prepare_upstream_request(
             upstream.insert_header("X-Forwarded-For", v)?;
         }
     }
-    upstream.insert_header("X-Forwarded-Proto", "http")?;
+    upstream.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
     if let Some(slot) = slot {
         for name in &slot.unset_headers {
             upstream.remove_header(name);

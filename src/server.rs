@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -193,7 +195,9 @@ pub fn serve(
     .server_options(server_options)
     .build();
     for addr in &config.proxy.listen {
-        proxy.add_tcp(&addr.to_string());
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(client_connection_buffers()),
+        );
     }
     server.add_service(proxy);
 
@@ -219,6 +223,15 @@ pub fn serve(
         "slotd serving"
     );
     server.run_forever()
+}
+
+/// Buffers of each client connection. Pingora's default puts a 64 KiB read buffer
+/// in front of every accepted socket, which an idle keep-alive connection keeps
+/// (about 52 KiB of RSS each, 0.5 GiB at 10,000 connections). The HTTP layer reads
+/// headers and bodies into buffers of its own, so reads go straight to the socket
+/// instead; writes keep Pingora's one-segment buffer.
+pub fn client_connection_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
 /// The admin API as a Pingora background service.

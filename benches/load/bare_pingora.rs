@@ -21,6 +21,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use clap::Parser;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::{http_proxy_service_with_name, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -40,6 +42,10 @@ struct Args {
     /// Worker threads of the proxy service.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Keep Pingora's default client connection buffers (a 64 KiB read buffer per
+    /// connection) instead of slotd's.
+    #[arg(long)]
+    pingora_buffers: bool,
     /// Folder for Pingora's pid file and upgrade socket (default: the temp folder).
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
@@ -86,7 +92,12 @@ fn main() {
         peer: HttpPeer::new(args.upstream, false, String::new()),
     };
     let mut proxy = http_proxy_service_with_name(&server.configuration, bare, "bare pingora");
-    proxy.add_tcp(&args.listen.to_string());
+    let buffers = if args.pingora_buffers {
+        L4BufferSettings::default()
+    } else {
+        slotd::server::client_connection_buffers()
+    };
+    proxy.add_listener(ListenerConfig::tcp(args.listen.to_string()).l4_buffer(buffers));
     server.add_service(proxy);
     eprintln!(
         "bare-pingora: {} -> {} ({} thread(s))",
