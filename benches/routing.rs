@@ -73,7 +73,7 @@ fn routing(c: &mut Criterion) {
             |b, host| {
                 b.iter(|| {
                     let r = t.route(black_box(host.as_bytes())).expect("routes");
-                    black_box(t.slot(r).pick(None))
+                    black_box(t.slot(r).pick(&[]))
                 })
             },
         );
@@ -83,7 +83,7 @@ fn routing(c: &mut Criterion) {
             |b, host| {
                 b.iter(|| {
                     let r = t.route(black_box(host.as_bytes())).expect("routes");
-                    match t.slot(r).pick(None) {
+                    match t.slot(r).pick(&[]) {
                         Pick::Instance(i) => black_box(i),
                         other => panic!("{other:?}"),
                     }
@@ -105,7 +105,7 @@ fn routing(c: &mut Criterion) {
         b.iter(|| black_box(t.slot(black_box(r))))
     });
     group.bench_function("instance_selection", |b| {
-        b.iter(|| black_box(slot.pick(black_box(None))))
+        b.iter(|| black_box(slot.pick(black_box(&[]))))
     });
     let host = HeaderValue::from_static("app500.example.com");
     let client = Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)));

@@ -347,6 +347,9 @@ fn path_params<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
 struct InstanceView {
     address: String,
     healthy: bool,
+    /// Why it takes no traffic, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -366,7 +369,7 @@ struct SlotView {
     deployment: Option<DeploymentView>,
 }
 
-fn deployment_view(cp: &ControlPlane, d: &Deployment) -> DeploymentView {
+fn deployment_view(cp: &ControlPlane, app: &str, d: &Deployment) -> DeploymentView {
     DeploymentView {
         id: d.id.clone(),
         version: d.version.clone(),
@@ -374,9 +377,19 @@ fn deployment_view(cp: &ControlPlane, d: &Deployment) -> DeploymentView {
         instances: d
             .instances
             .iter()
-            .map(|a| InstanceView {
-                address: a.clone(),
-                healthy: cp.health(a).is_healthy(),
+            .map(|a| {
+                let health = cp.health(app, a);
+                InstanceView {
+                    address: a.clone(),
+                    healthy: health.is_healthy(),
+                    health: if health.is_checked_down() {
+                        Some("down: failing active health checks")
+                    } else if health.is_ejected() {
+                        Some("ejected: consecutive failed requests")
+                    } else {
+                        None
+                    },
+                }
             })
             .collect(),
     }
@@ -389,7 +402,9 @@ fn slot_views(cp: &ControlPlane, app: &AppConfig, st: &AppState) -> Vec<SlotView
             name: s.name.clone(),
             hosts: s.hosts.clone(),
             auto_swap: s.auto_swap.clone(),
-            deployment: st.deployment(&s.name).map(|d| deployment_view(cp, d)),
+            deployment: st
+                .deployment(&s.name)
+                .map(|d| deployment_view(cp, &app.name, d)),
         })
         .collect()
 }
@@ -457,8 +472,9 @@ async fn put_deployment(
         .find(|s| s.name == slot);
     let mut answer = serde_json::to_value(view).unwrap_or(Value::Null);
     // Show the deployment just made, even if the auto-swap has already moved it.
-    answer["deployment"] = serde_json::to_value(deployment_view(&state.cp, &outcome.deployment))
-        .unwrap_or(Value::Null);
+    answer["deployment"] =
+        serde_json::to_value(deployment_view(&state.cp, &app, &outcome.deployment))
+            .unwrap_or(Value::Null);
     if let Some(target) = outcome.auto_swap {
         answer["auto_swap_started"] = json!({"target": target});
     }

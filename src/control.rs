@@ -167,9 +167,9 @@ impl ControlPlane {
         self.store.describe()
     }
 
-    /// Health of an instance address (shared with the data plane).
-    pub fn health(&self, address: &str) -> Arc<InstanceHealth> {
-        self.shared.health(address)
+    /// Health of an instance of an app (shared with the data plane).
+    pub fn health(&self, app: &str, address: &str) -> Arc<InstanceHealth> {
+        self.shared.health(app, address)
     }
 
     /// A copy of the committed state.

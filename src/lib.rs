@@ -40,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

@@ -55,6 +55,14 @@ pub mod names {
         "slotd_instance_healthy",
         "1 when an instance takes traffic, 0 when it is marked unhealthy, by app, slot and instance address.",
     );
+    pub const HEALTH_CHECKS: (&str, &str) = (
+        "slotd_health_checks_total",
+        "Active health checks sent to instances, by app and result (pass, fail).",
+    );
+    pub const EJECTIONS: (&str, &str) = (
+        "slotd_instance_ejections_total",
+        "Times an instance was taken out of rotation, by app and reason (passive: consecutive failed requests; check: failed active checks).",
+    );
     pub const SWAPS: (&str, &str) = (
         "slotd_swaps_total",
         "Swaps that finished, by app and result (completed, failed, cancelled).",
@@ -135,6 +143,8 @@ pub struct Metrics {
     phase_duration: HistogramVec,
     warmup_requests: IntCounterVec,
     warmup_failures: IntCounterVec,
+    health_checks: IntCounterVec,
+    ejections: IntCounterVec,
     generation: IntGauge,
     deployment_info: IntGaugeVec,
     write_duration: Histogram,
@@ -240,6 +250,8 @@ impl Metrics {
             phase_duration: histogram_vec(SWAP_PHASE_DURATION, PHASE_BUCKETS, &["app", "phase"]),
             warmup_requests: counter_vec(WARMUP_REQUESTS, &["app"]),
             warmup_failures: counter_vec(WARMUP_FAILURES, &["app"]),
+            health_checks: counter_vec(HEALTH_CHECKS, &["app", "result"]),
+            ejections: counter_vec(EJECTIONS, &["app", "reason"]),
             generation,
             deployment_info: gauge_vec(DEPLOYMENT_INFO, &["app", "slot", "version"]),
             write_duration,
@@ -260,6 +272,8 @@ impl Metrics {
             Box::new(m.phase_duration.clone()),
             Box::new(m.warmup_requests.clone()),
             Box::new(m.warmup_failures.clone()),
+            Box::new(m.health_checks.clone()),
+            Box::new(m.ejections.clone()),
             Box::new(m.generation.clone()),
             Box::new(m.deployment_info.clone()),
             Box::new(m.write_duration.clone()),
@@ -338,6 +352,18 @@ impl Metrics {
         self.warmup_failures
             .with_label_values(&[app])
             .inc_by(failures);
+    }
+
+    /// One active health check of an instance of `app`.
+    pub fn health_check(&self, app: &str, pass: bool) {
+        let result = if pass { "pass" } else { "fail" };
+        self.health_checks.with_label_values(&[app, result]).inc();
+    }
+
+    /// The counter of instances of `app` taken out of rotation for `reason`
+    /// (`passive` or `check`).
+    pub fn ejections(&self, app: &str, reason: &str) -> IntCounter {
+        self.ejections.with_label_values(&[app, reason])
     }
 
     pub fn state_write(&self, elapsed: Duration, ok: bool) {

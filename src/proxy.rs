@@ -9,7 +9,9 @@
 //!
 //! Status codes the proxy makes itself: 404 unknown host, 503 empty slot or no
 //! healthy instance, 502 upstream failure, 504 upstream timeout. A connect failure
-//! is retried once on another instance.
+//! is retried on another instance (`[[app]] retries`, default 1); a failure on a
+//! reused upstream connection only for idempotent requests. Failed requests count
+//! against the instance (passive ejection, [`crate::routing::InstanceHealth`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::UpstreamError;
-use crate::routing::{Pick, RoutingTable, SlotRef, SlotRoute};
+use crate::routing::{PassiveEjection, Pick, Pool, PoolInstance, RoutingTable, SlotRef, SlotRoute};
 
 /// The data plane.
 pub struct SlotProxy {
@@ -49,8 +51,12 @@ pub struct RequestCtx {
     /// request from then until the context is dropped.
     slot: Option<SlotRef>,
     instance: Option<usize>,
-    /// The instance whose connection failed, so the retry avoids it.
-    failed: Option<usize>,
+    /// Instances whose connection failed for this request, so retries avoid them.
+    failed: Vec<usize>,
+    /// Retries made so far (bounded by the app's `retries`).
+    retries: u32,
+    /// The upstream answered with a response head.
+    answered: bool,
     /// Why the proxy answered 503 itself, for the body.
     unavailable: &'static str,
     /// The host the request is for, as sent (see [`request_host`]).
@@ -213,7 +219,9 @@ impl ProxyHttp for SlotProxy {
             started: Instant::now(),
             slot: None,
             instance: None,
-            failed: None,
+            failed: Vec::new(),
+            retries: 0,
+            answered: false,
             unavailable: "slotd: service unavailable\n",
             host: None,
         }
@@ -260,7 +268,7 @@ impl ProxyHttp for SlotProxy {
             );
         };
         let slot = ctx.table.slot(r);
-        match slot.pick(ctx.failed) {
+        match slot.pick(&ctx.failed) {
             Pick::Instance(i) => {
                 ctx.instance = Some(i);
                 let pool = slot.pool.as_ref().expect("Pick::Instance implies a pool");
@@ -276,7 +284,7 @@ impl ProxyHttp for SlotProxy {
                 ctx.unavailable = "slotd: service unavailable: this slot holds no deployment\n";
                 Error::e_explain(ErrorType::HTTPStatus(503), "slot holds no deployment")
             }
-            Pick::NoneHealthy if ctx.failed.is_some() => {
+            Pick::NoneHealthy if !ctx.failed.is_empty() => {
                 Error::e_explain(ErrorType::HTTPStatus(502), "no other instance to retry on")
             }
             Pick::NoneHealthy => {
@@ -293,21 +301,51 @@ impl ProxyHttp for SlotProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let pool = ctx.slot.and_then(|r| {
-            let slot = ctx.table.slot(r);
-            slot.metrics.upstream_error(UpstreamError::Connect);
-            slot.pool.as_ref()
-        });
-        if let (Some(pool), Some(i)) = (pool, ctx.instance) {
-            pool.instances[i].metrics.failures.inc();
-        }
-        // Retry once, on another instance; only if the pool has one.
-        let others = pool.is_some_and(|p| p.instances.len() > 1);
-        if ctx.failed.is_none() && others {
-            ctx.failed = ctx.instance;
+        let Some(r) = ctx.slot else {
+            return e;
+        };
+        let slot = ctx.table.slot(r);
+        slot.metrics.upstream_error(UpstreamError::Connect);
+        let (Some(pool), Some(i)) = (slot.pool.as_ref(), ctx.instance) else {
+            return e;
+        };
+        instance_failed(ctx.table.app_name(r), pool, i);
+        // Nothing reached the upstream, so any request may go to another instance,
+        // as long as the app allows another retry and the pool has an untried one.
+        ctx.failed.push(i);
+        let untried = pool.instances.len() > ctx.failed.len();
+        if ctx.retries < slot.retries && untried {
+            ctx.retries += 1;
             e.set_retry(true);
         } else {
             e.set_retry(false);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // Bytes already went upstream: only an idempotent request whose body is still
+        // whole may go again, and only after a failure on a reused connection (the
+        // upstream closed it while idle), within the app's retries.
+        let limit = ctx.slot.map_or(0, |r| ctx.table.slot(r).retries);
+        if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.retries >= limit
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() {
+                ctx.retries += 1;
+            }
         }
         e
     }
@@ -332,6 +370,7 @@ impl ProxyHttp for SlotProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.answered = true;
         if let Some(r) = ctx.slot {
             upstream_response.insert_header(X_SLOT, ctx.table.slot(r).x_slot.clone())?;
         }
@@ -391,18 +430,46 @@ impl ProxyHttp for SlotProxy {
             downstream.body_bytes_sent(),
         );
         // Connect failures were counted as they happened (fail_to_connect).
-        if let Some(kind) = e.and_then(upstream_error_kind) {
-            if kind != UpstreamError::Connect {
+        match e.and_then(upstream_error_kind) {
+            Some(UpstreamError::Connect) => {}
+            Some(kind) => {
                 slot.metrics.upstream_error(kind);
                 if let (Some(pool), Some(i)) = (&slot.pool, ctx.instance) {
-                    pool.instances[i].metrics.failures.inc();
+                    instance_failed(ctx.table.app_name(r), pool, i);
                 }
             }
+            None if ctx.answered => {
+                if let (Some(pool), Some(i)) = (&slot.pool, ctx.instance) {
+                    pool.instances[i].health.record_success();
+                }
+            }
+            None => {}
         }
         if ctx.table.access_log {
             access_log(session, e, ctx, Some(r));
         }
     }
+}
+
+/// Counts a failed request against instance `i` and ejects it after the app's
+/// `max_failures` in a row.
+fn instance_failed(app: &str, pool: &Pool, i: usize) {
+    let instance = &pool.instances[i];
+    instance.metrics.failures.inc();
+    if instance.health.record_failure(&pool.passive) {
+        ejected(app, instance, &pool.passive);
+    }
+}
+
+#[cold]
+fn ejected(app: &str, instance: &PoolInstance, passive: &PassiveEjection) {
+    tracing::warn!(
+        app,
+        instance = %instance.address,
+        failures = passive.max_failures,
+        for_ms = passive.ejection_time.as_millis() as u64,
+        "instance ejected: consecutive failed requests"
+    );
 }
 
 /// One `slotd::access` event for a finished request (only with `[proxy] access_log`).

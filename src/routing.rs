@@ -11,14 +11,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{AppConfig, Config, SlotConfig};
+use crate::config::{AppConfig, Config, HealthConfig, SlotConfig};
 use crate::metrics::{InstanceMetrics, Metrics, SlotMetrics};
 use crate::model::{AppState, Deployment, State};
 
@@ -56,6 +57,8 @@ pub struct SlotRoute {
     pub unset_headers: Vec<HeaderName>,
     /// The deployment's pool; `None` for an empty slot.
     pub pool: Option<Arc<Pool>>,
+    /// Other instances a request may be retried on (`[[app]] retries`).
+    pub retries: u32,
     pub metrics: SlotMetrics,
 }
 
@@ -65,6 +68,20 @@ pub struct Pool {
     pub version: Arc<str>,
     pub instances: Vec<PoolInstance>,
     next: Arc<AtomicUsize>,
+    /// Passive ejection of the app's instances.
+    pub passive: PassiveEjection,
+    /// With no instance up, pick among all of them rather than none.
+    fail_open: bool,
+}
+
+/// When consecutive failed requests take an instance out of rotation.
+#[derive(Clone)]
+pub struct PassiveEjection {
+    /// 0: never.
+    pub max_failures: u32,
+    pub ejection_time: Duration,
+    /// `slotd_instance_ejections_total{app, reason="passive"}`.
+    pub ejections: prometheus::IntCounter,
 }
 
 pub struct PoolInstance {
@@ -75,19 +92,108 @@ pub struct PoolInstance {
     pub metrics: InstanceMetrics,
 }
 
-/// Health of one upstream address, shared by every pool and table that lists it.
-#[derive(Debug)]
+/// Health of one instance of one app, shared by every pool and table that lists it.
+///
+/// Two verdicts make it: active checks (`checked_down`, set by the health checker)
+/// and passive ejection (`ejected_until`, set by the proxy after consecutive failed
+/// requests). The proxy reads it on every pick; reading the clock only happens
+/// while an ejection is on record.
+#[derive(Debug, Default)]
 pub struct InstanceHealth {
-    healthy: AtomicBool,
+    checked_down: AtomicBool,
+    /// Active check streak: passes in a row (> 0) or failures in a row (< 0).
+    check_streak: AtomicI32,
+    /// Consecutive failed requests.
+    failures: AtomicU32,
+    /// Milliseconds since [`clock_ms`]'s origin until which the instance is out of
+    /// rotation; 0: not ejected.
+    ejected_until: AtomicU64,
+}
+
+/// Milliseconds since the first call, on the monotonic clock; never 0.
+pub fn clock_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    origin.elapsed().as_millis() as u64 + 1
 }
 
 impl InstanceHealth {
+    /// Takes traffic: not down by active checks, not ejected (or its ejection is over).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        !self.checked_down.load(Ordering::Relaxed) && !self.is_ejected()
     }
 
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
+    }
+
+    pub fn is_checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
+    }
+
+    /// The active checks' verdict; returns whether it changed.
+    pub fn set_checked(&self, healthy: bool) -> bool {
+        self.checked_down.swap(!healthy, Ordering::Relaxed) == healthy
+    }
+
+    /// The result of one active check. Returns `Some(up)` when it changed the
+    /// verdict: `unhealthy` failures in a row take the instance down, `healthy`
+    /// passes in a row bring it back. Only the health checker calls this.
+    pub fn record_check(&self, pass: bool, healthy: u32, unhealthy: u32) -> Option<bool> {
+        let prev = self.check_streak.load(Ordering::Relaxed);
+        let streak = match (pass, prev) {
+            (true, p) if p > 0 => p.saturating_add(1),
+            (true, _) => 1,
+            (false, p) if p < 0 => p.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.check_streak.store(streak, Ordering::Relaxed);
+        let down = self.is_checked_down();
+        if down && pass && streak as i64 >= healthy as i64 {
+            self.set_checked(true);
+            return Some(true);
+        }
+        if !down && !pass && -(streak as i64) >= unhealthy as i64 {
+            self.set_checked(false);
+            return Some(false);
+        }
+        None
+    }
+
+    /// A request the instance answered: the failure streak ends.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request the instance failed. Returns true when this failure ejected it. An
+    /// instance back from an ejection is on probation: its streak is not reset until
+    /// it answers, so one more failure ejects it again.
+    pub fn record_failure(&self, policy: &PassiveEjection) -> bool {
+        let streak = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if policy.max_failures == 0 || streak < policy.max_failures || self.is_ejected() {
+            return false;
+        }
+        let until = clock_ms() + policy.ejection_time.as_millis() as u64;
+        self.ejected_until.store(until, Ordering::Relaxed);
+        policy.ejections.inc();
+        true
+    }
+
+    /// Clears every verdict (tests and a fresh deployment of the same address).
+    #[cfg(test)]
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.set_checked(healthy);
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejected_until.store(0, Ordering::Relaxed);
     }
 }
 
@@ -102,9 +208,9 @@ pub enum Pick {
 }
 
 impl Pool {
-    /// Round-robin among healthy instances, never returning `skip` (an instance that
-    /// already failed for this request).
-    pub fn pick(&self, skip: Option<usize>) -> Pick {
+    /// Round-robin among healthy instances, never returning one in `skip` (instances
+    /// that already failed for this request).
+    pub fn pick(&self, skip: &[usize]) -> Pick {
         let n = self.instances.len();
         if n == 0 {
             return Pick::NoneHealthy;
@@ -112,7 +218,7 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             let idx = (start.wrapping_add(i)) % n;
-            if Some(idx) == skip {
+            if skip.contains(&idx) {
                 continue;
             }
             let inst = &self.instances[idx];
@@ -120,12 +226,21 @@ impl Pool {
                 return Pick::Instance(idx);
             }
         }
+        if self.fail_open {
+            // Every instance is down: try them all in turn rather than none.
+            for i in 0..n {
+                let idx = (start.wrapping_add(i)) % n;
+                if !skip.contains(&idx) && self.instances[idx].peer.is_some() {
+                    return Pick::Instance(idx);
+                }
+            }
+        }
         Pick::NoneHealthy
     }
 }
 
 impl SlotRoute {
-    pub fn pick(&self, skip: Option<usize>) -> Pick {
+    pub fn pick(&self, skip: &[usize]) -> Pick {
         match &self.pool {
             None => Pick::Empty,
             Some(pool) => pool.pick(skip),
@@ -145,15 +260,11 @@ pub struct SharedCounters {
 }
 
 impl SharedCounters {
-    pub fn health(&self, address: &str) -> Arc<InstanceHealth> {
+    /// The health of `address` as an instance of `app` (apps check and eject their
+    /// instances independently, even when they share one).
+    pub fn health(&self, app: &str, address: &str) -> Arc<InstanceHealth> {
         let mut map = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(address.to_string())
-            .or_insert_with(|| {
-                Arc::new(InstanceHealth {
-                    healthy: AtomicBool::new(true),
-                })
-            })
-            .clone()
+        map.entry(format!("{app}/{address}")).or_default().clone()
     }
 
     fn round_robin(&self, key: String) -> Arc<AtomicUsize> {
@@ -271,6 +382,10 @@ impl RoutingTable {
         self.hosts.get(key).copied()
     }
 
+    pub fn apps(&self) -> &[AppRoute] {
+        &self.apps
+    }
+
     pub fn app_name(&self, r: SlotRef) -> &str {
         &self.apps[r.app as usize].name
     }
@@ -340,12 +455,13 @@ fn build_slot(
                     peer.options.connection_timeout = Some(app.timeouts.connect);
                     peer.options.read_timeout = Some(app.timeouts.read);
                     peer.options.write_timeout = Some(app.timeouts.write);
+                    peer.options.idle_timeout = Some(app.timeouts.idle);
                     peer
                 });
                 PoolInstance {
                     address: Arc::from(address.as_str()),
                     peer,
-                    health: shared.health(address),
+                    health: shared.health(&app.name, address),
                     metrics: metrics.instance(&app.name, &slot.name, address),
                 }
             })
@@ -355,6 +471,8 @@ fn build_slot(
             version: Arc::from(d.version.as_str()),
             instances,
             next: shared.round_robin(format!("{}/{}", app.name, d.id)),
+            passive: passive_ejection(&app.name, &app.health, metrics),
+            fail_open: app.health.fail_open,
         })
     });
     SlotRoute {
@@ -363,7 +481,16 @@ fn build_slot(
         headers,
         unset_headers,
         pool,
+        retries: app.retries,
         metrics: metrics.slot(&app.name, &slot.name),
+    }
+}
+
+fn passive_ejection(app: &str, health: &HealthConfig, metrics: &Metrics) -> PassiveEjection {
+    PassiveEjection {
+        max_failures: health.max_failures,
+        ejection_time: health.ejection_time,
+        ejections: metrics.ejections(app, "passive"),
     }
 }
 
@@ -450,21 +577,21 @@ hosts = ["staging.shop.example.com"]
     fn round_robin_skips_unhealthy_and_failed_instances() {
         let (t, shared) = table();
         let slot = t.slot(t.route(b"shop.example.com").unwrap());
-        let picks: Vec<Pick> = (0..3).map(|_| slot.pick(None)).collect();
+        let picks: Vec<Pick> = (0..3).map(|_| slot.pick(&[])).collect();
         assert_eq!(
             picks,
             vec![Pick::Instance(0), Pick::Instance(1), Pick::Instance(2)]
         );
-        shared.health("127.0.0.1:9002").set_healthy(false);
+        shared.health("shop", "127.0.0.1:9002").set_healthy(false);
         for _ in 0..6 {
-            assert_ne!(slot.pick(None), Pick::Instance(1));
-            assert!(matches!(slot.pick(Some(0)), Pick::Instance(2)));
+            assert_ne!(slot.pick(&[]), Pick::Instance(1));
+            assert!(matches!(slot.pick(&[0]), Pick::Instance(2)));
         }
-        shared.health("127.0.0.1:9001").set_healthy(false);
-        shared.health("127.0.0.1:9003").set_healthy(false);
-        assert_eq!(slot.pick(None), Pick::NoneHealthy);
+        shared.health("shop", "127.0.0.1:9001").set_healthy(false);
+        shared.health("shop", "127.0.0.1:9003").set_healthy(false);
+        assert_eq!(slot.pick(&[]), Pick::NoneHealthy);
         let empty = t.slot(t.route(b"staging.shop.example.com").unwrap());
-        assert_eq!(empty.pick(None), Pick::Empty);
+        assert_eq!(empty.pick(&[]), Pick::Empty);
     }
 
     #[test]

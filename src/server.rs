@@ -21,6 +21,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use crate::admin::{self, AdminState};
 use crate::config::{AdminAuth, Config, StateConfig};
 use crate::control::{ControlPlane, StartError};
+use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::proxy::SlotProxy;
 use crate::state;
@@ -214,6 +215,10 @@ pub fn serve(
     let mut admin = background_service("admin API", admin);
     admin.threads = Some(1);
     server.add_service(admin);
+
+    let mut health = background_service("health checks", HealthChecker::new(cp.clone()));
+    health.threads = Some(1);
+    server.add_service(health);
 
     tracing::info!(
         proxy = ?config.proxy.listen,

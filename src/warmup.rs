@@ -85,7 +85,14 @@ async fn warm_instance(address: String, plan: &WarmupPlan, deadline: Instant) ->
         }
         let budget = plan.config.request_timeout.min(deadline - now);
         attempts += 1;
-        match tokio::time::timeout(budget, probe(&address, plan)).await {
+        let probe = get_status(
+            &address,
+            &plan.path,
+            &plan.host,
+            &plan.headers,
+            concat!("slotd-warmup/", env!("CARGO_PKG_VERSION")),
+        );
+        match tokio::time::timeout(budget, probe).await {
             Ok(Ok(status)) if plan.accepted(status) => {
                 successes += 1;
                 if successes >= plan.config.requests {
@@ -127,8 +134,15 @@ async fn warm_instance(address: String, plan: &WarmupPlan, deadline: Instant) ->
     }
 }
 
-/// One warm-up request on a fresh connection; the status it got.
-async fn probe(address: &str, plan: &WarmupPlan) -> Result<u16, String> {
+/// One `GET path` on a fresh connection to `address` (warm-up and health checks);
+/// the status it got once the whole body was read. The caller bounds its time.
+pub(crate) async fn get_status(
+    address: &str,
+    path: &str,
+    host: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    user_agent: &'static str,
+) -> Result<u16, String> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("connect failed: {e}"))?;
@@ -136,19 +150,16 @@ async fn probe(address: &str, plan: &WarmupPlan) -> Result<u16, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let mut req = Request::get(plan.path.as_str())
-        .header(http::header::HOST, plan.host.as_str())
-        .header(
-            http::header::USER_AGENT,
-            concat!("slotd-warmup/", env!("CARGO_PKG_VERSION")),
-        )
+    let mut req = Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, user_agent)
         .header(http::header::CONNECTION, "close");
-    for (k, v) in &plan.headers {
+    for (k, v) in headers {
         req = req.header(k, v);
     }
     let req = req
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("cannot build the warm-up request: {e}"))?;
+        .map_err(|e| format!("cannot build the request: {e}"))?;
     let exchange = async {
         let resp = sender
             .send_request(req)

@@ -10,23 +10,17 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{eventually, refusing_address, Slotd, Upstream, FAST_WARMUP};
+use support::{eventually, metric_value as value, refusing_address, Slotd, Upstream, FAST_WARMUP};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEPLOY_PRODUCTION: &str = "/v1/apps/shop/slots/production/deployment";
-
-async fn metrics(slotd: &Slotd) -> String {
-    let (status, body) = slotd.admin_with("GET", "/metrics", None, None).await;
-    assert_eq!(status, 200);
-    body.as_str().unwrap_or("").to_string()
-}
 
 /// Waits until the metrics text has every one of `lines` (counters are updated after
 /// the response is sent, so a moment may pass); returns that text.
 async fn wait_for_lines(slotd: &Slotd, lines: &[String]) -> String {
     let what = format!("metrics lines {lines:#?}");
     eventually(Duration::from_secs(10), &what, || async {
-        let text = metrics(slotd).await;
+        let text = slotd.metrics().await;
         lines
             .iter()
             .all(|want| text.lines().any(|l| l == want))
@@ -259,7 +253,7 @@ async fn upstream_errors_are_counted_by_kind_for_the_slot_and_the_instance() {
         )
         .await;
     }
-    let text = metrics(&slotd).await;
+    let text = slotd.metrics().await;
     for kind in ["connect", "timeout", "reset", "bad_response"] {
         let line = prod(
             "slotd_upstream_errors_total",
@@ -354,15 +348,6 @@ async fn a_swap_records_its_phases_warm_up_requests_and_state_writes() {
             "no {name} event in\n{log}"
         );
     }
-}
-
-/// The value of the series whose line starts with `series ` (first match).
-fn value(text: &str, series: &str) -> u64 {
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::reader::{At, Doc, Table};
 use super::{
-    parse_duration, AppConfig, InitialDeployment, SlotConfig, TimeoutConfig, WarmupConfig,
-    DURATION_HINT,
+    parse_duration, parse_size, ActiveCheck, AppConfig, AppLimits, HealthConfig, InitialDeployment,
+    SlotConfig, TimeoutConfig, WarmupConfig, DURATION_HINT, SIZE_HINT,
 };
 use crate::model::{self, MAX_SLOTS_PER_APP, PRODUCTION};
 
@@ -62,6 +62,11 @@ fn read_app(
     let errors_before = doc.errors.len();
     let warmup = read_warmup(doc, &mut t);
     let timeouts = read_timeouts(doc, &mut t);
+    let health = read_health(doc, &mut t);
+    let limits = read_limits(doc, &mut t);
+    let retries = t
+        .integer(doc, "retries", 0, 10)
+        .map_or(1, |n| n.value as u32);
     let settings_headers = t.string_map(doc, "settings_headers").unwrap_or_default();
     let mut headers_out = Vec::new();
     for (k, v) in settings_headers {
@@ -158,6 +163,9 @@ fn read_app(
         name: name?.value,
         warmup,
         timeouts,
+        health,
+        limits,
+        retries,
         slots,
         settings_headers: headers_out,
     })
@@ -214,8 +222,118 @@ fn read_timeouts(doc: &mut Doc, app: &mut Table) -> TimeoutConfig {
     if let Some(d) = duration(doc, &mut t, "write") {
         out.write = d;
     }
+    if let Some(d) = duration(doc, &mut t, "idle") {
+        out.idle = d;
+    }
+    out.total = duration(doc, &mut t, "total");
     t.finish(doc);
     out
+}
+
+fn read_health(doc: &mut Doc, app: &mut Table) -> HealthConfig {
+    let mut out = HealthConfig::default();
+    let Some(mut t) = app.table(doc, "health") else {
+        return out;
+    };
+    if let Some(p) = t.string(doc, "check_path") {
+        if check_path(doc, &p) {
+            let mut check = ActiveCheck {
+                path: p.value,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+                statuses: Vec::new(),
+            };
+            if let Some(d) = duration(doc, &mut t, "check_interval") {
+                check.interval = d;
+            }
+            if let Some(d) = duration(doc, &mut t, "check_timeout") {
+                check.timeout = d;
+            }
+            if let Some(n) = t.integer(doc, "healthy_threshold", 1, 100) {
+                check.healthy_threshold = n.value as u32;
+            }
+            if let Some(n) = t.integer(doc, "unhealthy_threshold", 1, 100) {
+                check.unhealthy_threshold = n.value as u32;
+            }
+            if let Some(list) = t.integers(doc, "check_statuses", 100, 599) {
+                check.statuses = list.into_iter().map(|s| s.value as u16).collect();
+            }
+            out.check = Some(check);
+        }
+    } else {
+        for key in [
+            "check_interval",
+            "check_timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "check_statuses",
+        ] {
+            if t.has(key) {
+                doc.error(
+                    &t.key_span(key).unwrap_or(t.span.clone()),
+                    &t.key_path(key),
+                    "only applies to active checks, which are off without `check_path`",
+                    Some(r#"add check_path = "/healthz" (the path every instance answers)"#.into()),
+                );
+            }
+        }
+    }
+    if let Some(n) = t.integer(doc, "max_failures", 0, 1000) {
+        out.max_failures = n.value as u32;
+    }
+    if let Some(d) = duration(doc, &mut t, "ejection_time") {
+        out.ejection_time = d;
+    }
+    if let Some(b) = t.boolean(doc, "fail_open") {
+        out.fail_open = b.value;
+    }
+    t.finish(doc);
+    out
+}
+
+fn read_limits(doc: &mut Doc, app: &mut Table) -> AppLimits {
+    let mut out = AppLimits::default();
+    let Some(mut t) = app.table(doc, "limits") else {
+        return out;
+    };
+    out.max_body_size = size(doc, &mut t, "max_body_size");
+    t.finish(doc);
+    out
+}
+
+/// A byte size: an integer, or a string like `"512KiB"`, `"10MiB"`, `"1GiB"`.
+pub(super) fn size(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<u64> {
+    if t.is_integer(key) {
+        return t.integer(doc, key, 1, i64::MAX).map(|n| n.value as u64);
+    }
+    let s = t.string_hinted(doc, key, Some(SIZE_HINT))?;
+    match parse_size(&s.value) {
+        Ok(0) => {
+            doc.error(&s.span, &s.key, "must be larger than zero", None);
+            None
+        }
+        Ok(n) => Some(n),
+        Err(why) => {
+            doc.error(&s.span, &s.key, why, Some(SIZE_HINT.into()));
+            None
+        }
+    }
+}
+
+/// A request path for a check: starts with `/`, no spaces or control characters.
+fn check_path(doc: &mut Doc, p: &At<String>) -> bool {
+    if !p.value.starts_with('/') || p.value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        doc.error(
+            &p.span,
+            &p.key,
+            format!("`{}` is not a request path", p.value),
+            Some("start it with /, e.g. \"/healthz\"".into()),
+        );
+        return false;
+    }
+    true
 }
 
 fn read_slot(

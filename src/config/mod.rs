@@ -70,6 +70,11 @@ pub struct AppConfig {
     pub name: String,
     pub warmup: WarmupConfig,
     pub timeouts: TimeoutConfig,
+    pub health: HealthConfig,
+    pub limits: AppLimits,
+    /// Further instances tried after a connect failure (or, for idempotent requests,
+    /// a failure on a reused connection before any answer); `[[app]] retries`.
+    pub retries: u32,
     pub slots: Vec<SlotConfig>,
     /// Setting name → upstream request header that carries it.
     pub settings_headers: Vec<(String, String)>,
@@ -117,6 +122,11 @@ pub struct TimeoutConfig {
     /// Longest wait for the next bytes of an upstream response; exceeding it is a 504.
     pub read: Duration,
     pub write: Duration,
+    /// How long an unused upstream keep-alive connection stays in the pool.
+    pub idle: Duration,
+    /// Longest time from sending a request upstream to the end of its response;
+    /// `None`: no limit beyond `read` between bytes.
+    pub total: Option<Duration>,
 }
 
 impl Default for TimeoutConfig {
@@ -125,8 +135,67 @@ impl Default for TimeoutConfig {
             connect: Duration::from_secs(5),
             read: Duration::from_secs(60),
             write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            total: None,
         }
     }
+}
+
+/// Instance health of an app (`[app.health]`): active checks and passive ejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Active checks; `None` (no `check_path`): only passive ejection.
+    pub check: Option<ActiveCheck>,
+    /// Consecutive failed requests (connect error, timeout, reset, bad response)
+    /// that take an instance out of rotation; 0 turns passive ejection off.
+    pub max_failures: u32,
+    /// How long an ejected instance stays out before it gets traffic again.
+    pub ejection_time: Duration,
+    /// With every instance of a slot down, keep sending to all of them instead of
+    /// answering 503.
+    pub fail_open: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: None,
+            max_failures: 3,
+            ejection_time: Duration::from_secs(10),
+            fail_open: false,
+        }
+    }
+}
+
+/// An active health check: `GET path` on every instance of every deployment in a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passing checks that bring a down instance back.
+    pub healthy_threshold: u32,
+    /// Consecutive failing checks that take an instance down.
+    pub unhealthy_threshold: u32,
+    /// Passing statuses; empty means 200-399.
+    pub statuses: Vec<u16>,
+}
+
+impl ActiveCheck {
+    pub fn passes(&self, status: u16) -> bool {
+        if self.statuses.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.statuses.contains(&status)
+        }
+    }
+}
+
+/// Request limits of an app (`[app.limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppLimits {
+    /// Largest request body accepted; larger ones get 413. `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +301,32 @@ fn finish(mut doc: Doc) -> ConfigErrors {
 
 pub(crate) const DURATION_HINT: &str =
     r#"write a quoted duration, e.g. "500ms", "30s", "2m" or "1h""#;
+
+pub(crate) const SIZE_HINT: &str =
+    r#"write a number of bytes or a quoted size, e.g. 1048576, "512KiB", "10MiB" or "1GiB""#;
+
+/// Parses a byte size: `"1024"`, `"512B"`, `"512KiB"`, `"10MiB"`, `"1GiB"` (also `KB`,
+/// `MB`, `GB`, `K`, `M`, `G`, all meaning powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!("`{s}` is not a size"));
+    }
+    let n: u64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("`{s}` is too large"))?;
+    let unit = t[digits..].trim();
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}`")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
 
 /// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"` and sums like `"1m30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -114,6 +114,14 @@ impl<'a, 'i> Table<'a, 'i> {
             .map(|(_, v)| v)
     }
 
+    /// Whether `key` is present and holds an integer.
+    pub(crate) fn is_integer(&self, key: &str) -> bool {
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .is_some_and(|(_, v)| int_of(v.get_ref()).is_some())
+    }
+
     fn wrong_type(&self, doc: &mut Doc, key: &str, v: &Spanned<DeValue<'_>>, want: &str) {
         doc.error(
             &v.span(),

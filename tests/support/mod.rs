@@ -3,13 +3,15 @@
 //! client, and `eventually` for polling with a deadline (no bare sleeps).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,10 +81,15 @@ pub enum Answer {
 ///
 /// Routes: `/` (per [`Answer`]), `/slow?ms=N` (answers after N ms), `/echo` (JSON of
 /// the request's method, headers and body length), `/status/N`, `/stream?chunks=N`
-/// (N chunks of 1 KiB, 10 ms apart). Every response carries `x-upstream: NAME`.
+/// (N chunks of 1 KiB, 10 ms apart), `/healthz` (the status in `health`, 200 at
+/// first). Every response carries `x-upstream: NAME`.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
+    /// What `/healthz` answers.
+    pub health: Arc<AtomicU16>,
+    /// `/healthz` requests received.
+    pub health_checks: Arc<AtomicUsize>,
     /// Requests being served right now.
     pub in_flight: Arc<AtomicUsize>,
     /// Requests received in total.
@@ -113,16 +120,24 @@ impl Upstream {
         let addr = listener.local_addr().expect("upstream addr");
         let in_flight = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(AtomicUsize::new(0));
-        let (n, f, r) = (name.to_string(), in_flight.clone(), received.clone());
+        let health = Arc::new(AtomicU16::new(200));
+        let health_checks = Arc::new(AtomicUsize::new(0));
+        let state = Served {
+            name: name.to_string(),
+            answer,
+            in_flight: in_flight.clone(),
+            received: received.clone(),
+            health: health.clone(),
+            health_checks: health_checks.clone(),
+        };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, f, r) = (n.clone(), f.clone(), r.clone());
+                let state = state.clone();
                 tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req| serve(n.clone(), answer, f.clone(), r.clone(), req));
+                    let svc = service_fn(move |req| serve(state.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -133,6 +148,8 @@ impl Upstream {
         Upstream {
             name: name.to_string(),
             addr,
+            health,
+            health_checks,
             in_flight,
             received,
             task,
@@ -164,17 +181,32 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
-async fn serve(
+/// What one [`Upstream`] shares with its connections.
+#[derive(Clone)]
+struct Served {
     name: String,
     answer: Answer,
     in_flight: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    received.fetch_add(1, Ordering::SeqCst);
-    in_flight.fetch_add(1, Ordering::SeqCst);
-    let _guard = InFlight(in_flight);
+    health: Arc<AtomicU16>,
+    health_checks: Arc<AtomicUsize>,
+}
+
+async fn serve(state: Served, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let Served { name, answer, .. } = state;
     let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        state.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status = state.health.load(Ordering::SeqCst);
+        let resp = Response::builder()
+            .status(status)
+            .header("x-upstream", name.as_str())
+            .body(full(name.clone()));
+        return Ok(resp.expect("valid test response"));
+    }
+    state.received.fetch_add(1, Ordering::SeqCst);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight(state.in_flight);
     let resp = Response::builder().header("x-upstream", name.as_str());
     let resp = match path.as_str() {
         "/slow" => {
@@ -574,6 +606,13 @@ impl Slotd {
             .expect("proxy reachable")
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.admin_with("GET", "/metrics", None, None).await;
+        assert_eq!(status, 200);
+        body.as_str().unwrap_or("").to_string()
+    }
+
     /// Runs the CLI against this server; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_cli(args, Some(&format!("http://{}", self.admin)), Some(TOKEN))
@@ -598,6 +637,20 @@ pub fn run_cli(args: &[&str], admin: Option<&str>, token: Option<&str>) -> (i32,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The value of the series whose line starts with `series ` (first match); panics
+/// when there is none.
+pub fn metric_value(text: &str, series: &str) -> u64 {
+    try_metric_value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// The value of the series whose line starts with `series `, if exported.
+pub fn try_metric_value(text: &str, series: &str) -> Option<u64> {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The path of a file in `tests/fixtures`.
