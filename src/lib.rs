@@ -38,6 +38,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod health;
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod routing;
+pub mod screen;
 pub mod server;
 pub mod state;
 pub mod swap;

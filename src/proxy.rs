@@ -30,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::UpstreamError;
+use crate::{conn, screen};
 use crate::routing::{PassiveEjection, Pick, Pool, PoolInstance, RoutingTable, SlotRef, SlotRoute};
 
 /// The data plane.
@@ -61,6 +62,10 @@ pub struct RequestCtx {
     unavailable: &'static str,
     /// The host the request is for, as sent (see [`request_host`]).
     host: Option<HeaderValue>,
+    /// Why screening refused the request.
+    rejection: Option<&'static str>,
+    /// Request body bytes seen so far (for `max_body_size`).
+    body_bytes: u64,
 }
 
 impl Drop for RequestCtx {
@@ -157,6 +162,9 @@ async fn respond(
 fn body_for(status: u16, unavailable: &'static str) -> &'static str {
     match status {
         400 => "slotd: bad request\n",
+        413 => "slotd: request body too large\n",
+        414 => "slotd: request URI too long\n",
+        431 => "slotd: request header fields too large\n",
         404 => "slotd: no app is configured for this host\n",
         502 => "slotd: bad gateway: the upstream instance failed\n",
         503 => unavailable,
@@ -224,16 +232,42 @@ impl ProxyHttp for SlotProxy {
             answered: false,
             unavailable: "slotd: service unavailable\n",
             host: None,
+            rejection: None,
+            body_bytes: 0,
         }
     }
 
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Answer pipelined HTTP/1.1 requests in order instead of dropping them.
-        session.as_downstream_mut().set_pipelining_enabled(true);
+        conn::head_received();
+        let limits = &ctx.table.client;
+        let downstream = session.as_downstream_mut();
+        // Answer pipelined HTTP/1.1 requests in order instead of dropping them; but
+        // bytes sent after an Upgrade request before its answer are never taken for
+        // a request (the connection closes unless it was upgraded).
+        let upgrade = downstream.is_upgrade_req();
+        downstream.set_pipelining_enabled(!upgrade);
+        if conn::draining() {
+            downstream.set_keepalive(None);
+        } else if downstream.get_keepalive().is_some() {
+            downstream.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        }
+        downstream.set_read_timeout(Some(limits.body_timeout));
+        downstream.set_write_timeout(Some(limits.send_timeout));
+        let screened = match downstream.as_http1() {
+            Some(h1) => screen::screen_head(&h1.get_headers_raw_bytes(), limits),
+            None => {
+                let req = downstream.req_header();
+                screen::screen_parsed(req.raw_path().len(), req.headers.len(), limits)
+            }
+        };
+        if let Err(r) = screened {
+            ctx.rejection = Some(r.reason);
+            return Error::e_explain(ErrorType::HTTPStatus(r.status), r.reason);
+        }
         Ok(())
     }
 
@@ -245,8 +279,20 @@ impl ProxyHttp for SlotProxy {
             .and_then(|h| ctx.table.route(h.as_bytes()));
         match route {
             Some(r) => {
-                ctx.table.slot(r).metrics.active.inc();
+                let slot = ctx.table.slot(r);
+                slot.metrics.active.inc();
                 ctx.slot = Some(r);
+                if let Some(max) = slot.max_body_size {
+                    let declared = session
+                        .req_header()
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    if declared.is_some_and(|n| n > max) {
+                        return too_large(ctx);
+                    }
+                }
                 Ok(false)
             }
             None => {
@@ -254,6 +300,25 @@ impl ProxyHttp for SlotProxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A chunked body has no declared length: count it as it streams.
+        let Some(r) = ctx.slot else { return Ok(()) };
+        let Some(max) = ctx.table.slot(r).max_body_size else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            return too_large(ctx);
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -296,7 +361,7 @@ impl ProxyHttp for SlotProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -314,7 +379,9 @@ impl ProxyHttp for SlotProxy {
         // as long as the app allows another retry and the pool has an untried one.
         ctx.failed.push(i);
         let untried = pool.instances.len() > ctx.failed.len();
-        if ctx.retries < slot.retries && untried {
+        // A body too large for Pingora's retry buffer cannot be sent again.
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        if ctx.retries < slot.retries && untried && replayable {
             ctx.retries += 1;
             e.set_retry(true);
         } else {
@@ -364,17 +431,50 @@ impl ProxyHttp for SlotProxy {
         prepare_upstream_request(upstream, ctx.host.as_ref(), client, slot)
     }
 
-    async fn response_filter(
+    async fn upstream_response_filter(
         &self,
         _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        check_total(ctx)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        check_total(ctx).map(|()| None)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.answered = true;
+        if conn::draining() {
+            // Shutting down or handing over to a new process: the client reconnects
+            // for its next request instead of finding this connection closed.
+            session.set_keepalive(None);
+        }
         if let Some(r) = ctx.slot {
             upstream_response.insert_header(X_SLOT, ctx.table.slot(r).x_slot.clone())?;
         }
         Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // A refused request is the client's doing: debug level, not an error per request.
+        if let Some(reason) = ctx.rejection {
+            tracing::debug!(reason, "request refused");
+            return true;
+        }
+        false
     }
 
     async fn fail_to_proxy(
@@ -414,6 +514,7 @@ impl ProxyHttp for SlotProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        conn::request_done(ctx.table.client.keepalive_timeout);
         let Some(r) = ctx.slot else {
             if ctx.table.access_log {
                 access_log(session, e, ctx, None);
@@ -449,6 +550,30 @@ impl ProxyHttp for SlotProxy {
             access_log(session, e, ctx, Some(r));
         }
     }
+}
+
+/// Fails the request as an upstream timeout (504, or a cut connection once the
+/// answer has started) when it has run longer than the app's total timeout.
+fn check_total(ctx: &RequestCtx) -> Result<()> {
+    let total = ctx.slot.and_then(|r| ctx.table.slot(r).total_timeout);
+    match total {
+        Some(t) if ctx.started.elapsed() > t => {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "the request ran longer than the app's total timeout",
+            );
+            e.esource = ErrorSource::Upstream;
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a request whose body is over the app's `max_body_size` (413).
+fn too_large<T>(ctx: &mut RequestCtx) -> Result<T> {
+    const WHY: &str = "request body larger than max_body_size";
+    ctx.rejection = Some(WHY);
+    Error::e_explain(ErrorType::HTTPStatus(413), WHY)
 }
 
 /// Counts a failed request against instance `i` and ejects it after the app's

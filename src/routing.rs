@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{AppConfig, Config, HealthConfig, SlotConfig};
+use crate::config::{AppConfig, ClientLimits, Config, HealthConfig, SlotConfig};
 use crate::metrics::{InstanceMetrics, Metrics, SlotMetrics};
 use crate::model::{AppState, Deployment, State};
 
@@ -35,6 +35,8 @@ pub struct RoutingTable {
     generation: u64,
     /// `[proxy] access_log`: one log event per request.
     pub access_log: bool,
+    /// `[proxy]` limits on client connections and requests.
+    pub client: ClientLimits,
     hosts: HashMap<Box<str>, SlotRef>,
     apps: Vec<AppRoute>,
 }
@@ -59,6 +61,11 @@ pub struct SlotRoute {
     pub pool: Option<Arc<Pool>>,
     /// Other instances a request may be retried on (`[[app]] retries`).
     pub retries: u32,
+    /// `[app.limits] max_body_size`: larger request bodies get 413.
+    pub max_body_size: Option<u64>,
+    /// `[app.timeouts] total`: longest time from choosing an instance to the end of
+    /// its response.
+    pub total_timeout: Option<Duration>,
     pub metrics: SlotMetrics,
 }
 
@@ -308,6 +315,7 @@ impl RoutingTable {
         RoutingTable {
             generation: 0,
             access_log: false,
+            client: ClientLimits::default(),
             hosts: HashMap::new(),
             apps: Vec::new(),
         }
@@ -349,6 +357,7 @@ impl RoutingTable {
         let table = RoutingTable {
             generation,
             access_log: config.proxy.access_log,
+            client: config.proxy.client,
             hosts,
             apps,
         };
@@ -453,7 +462,12 @@ fn build_slot(
                 let peer = resolve(address, shared).map(|addr| {
                     let mut peer = HttpPeer::new(addr, false, String::new());
                     peer.options.connection_timeout = Some(app.timeouts.connect);
-                    peer.options.read_timeout = Some(app.timeouts.read);
+                    // A total deadline shorter than `read` also bounds each wait.
+                    let read = app
+                        .timeouts
+                        .total
+                        .map_or(app.timeouts.read, |t| t.min(app.timeouts.read));
+                    peer.options.read_timeout = Some(read);
                     peer.options.write_timeout = Some(app.timeouts.write);
                     peer.options.idle_timeout = Some(app.timeouts.idle);
                     peer
@@ -482,6 +496,8 @@ fn build_slot(
         unset_headers,
         pool,
         retries: app.retries,
+        max_body_size: app.limits.max_body_size,
+        total_timeout: app.timeouts.total,
         metrics: metrics.slot(&app.name, &slot.name),
     }
 }

@@ -15,11 +15,14 @@ use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
+use tokio::sync::broadcast;
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::admin::{self, AdminState};
 use crate::config::{AdminAuth, Config, StateConfig};
+use crate::conn::ClientConnections;
 use crate::control::{ControlPlane, StartError};
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
@@ -186,15 +189,22 @@ pub fn serve(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut server_options = HttpServerOptions::default();
-    server_options.h2c = true;
-    let mut proxy = pingora::proxy::ProxyServiceBuilder::new(
-        &server.configuration,
-        SlotProxy::new(cp.routing()),
-    )
-    .name("slotd proxy")
-    .server_options(server_options)
-    .build();
+    let client = config.proxy.client;
+    let proxy_app = |h2c: bool| {
+        let mut app =
+            pingora::proxy::http_proxy(&server.configuration, SlotProxy::new(cp.routing()));
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        options.h2_idle_timeout = Some(client.keepalive_timeout);
+        app.server_options = Some(options);
+        Arc::new(app)
+    };
+    let connections = ClientConnections {
+        h1: proxy_app(false),
+        h2c: proxy_app(true),
+        routing: cp.routing(),
+    };
+    let mut proxy = Service::new("slotd proxy".to_string(), connections);
     for addr in &config.proxy.listen {
         proxy.add_listener(
             ListenerConfig::tcp(addr.to_string()).l4_buffer(client_connection_buffers()),
@@ -215,6 +225,11 @@ pub fn serve(
     let mut admin = background_service("admin API", admin);
     admin.threads = Some(1);
     server.add_service(admin);
+
+    let lifecycle = Lifecycle {
+        phases: Mutex::new(Some(server.watch_execution_phase())),
+    };
+    server.add_service(background_service("lifecycle", lifecycle));
 
     let mut health = background_service("health checks", HealthChecker::new(cp.clone()));
     health.threads = Some(1);
@@ -237,6 +252,37 @@ pub fn serve(
 /// instead; writes keep Pingora's one-segment buffer.
 pub fn client_connection_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
+}
+
+/// Follows the server's execution phases: once it starts shutting down or handing
+/// its listeners to a new process, responses close their connections
+/// ([`crate::conn::start_draining`]), so clients reconnect (to the new process, in
+/// an upgrade) instead of sending their next request on a connection about to close.
+struct Lifecycle {
+    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
+            return;
+        };
+        loop {
+            match phases.recv().await {
+                Ok(
+                    ExecutionPhase::GracefulUpgradeTransferringFds
+                    | ExecutionPhase::GracefulTerminate
+                    | ExecutionPhase::ShutdownStarted,
+                ) => crate::conn::start_draining(),
+                Ok(ExecutionPhase::Terminated) | Err(broadcast::error::RecvError::Closed) => {
+                    return
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+    }
 }
 
 /// The admin API as a Pingora background service.

@@ -37,7 +37,9 @@ async fn instance_health(slotd: &Slotd, address: &str) -> (bool, Option<String>)
         .clone();
     (
         inst["healthy"].as_bool().expect("healthy"),
-        inst.get("health").and_then(Value::as_str).map(str::to_string),
+        inst.get("health")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     )
 }
 
@@ -75,7 +77,10 @@ async fn active_checks_take_a_failing_instance_out_of_rotation_and_bring_it_back
     })
     .await;
     let both = served_by(&slotd, 4).await;
-    assert!(both.contains(&"a".to_string()) && both.contains(&"b".to_string()), "{both:?}");
+    assert!(
+        both.contains(&"a".to_string()) && both.contains(&"b".to_string()),
+        "{both:?}"
+    );
 
     a.health.store(503, Ordering::SeqCst);
     eventually(Duration::from_secs(10), "a marked down", || async {
@@ -87,13 +92,25 @@ async fn active_checks_take_a_failing_instance_out_of_rotation_and_bring_it_back
     .expect("the reason names the checks");
     let before = a.received.load(Ordering::SeqCst);
     assert!(served_by(&slotd, 10).await.iter().all(|u| u == "b"));
-    assert_eq!(a.received.load(Ordering::SeqCst), before, "a got traffic while down");
+    assert_eq!(
+        a.received.load(Ordering::SeqCst),
+        before,
+        "a got traffic while down"
+    );
     let text = slotd.metrics().await;
     assert_eq!(
-        metric_value(&text, r#"slotd_instance_ejections_total{app="shop",reason="check"}"#),
+        metric_value(
+            &text,
+            r#"slotd_instance_ejections_total{app="shop",reason="check"}"#
+        ),
         1
     );
-    assert!(metric_value(&text, r#"slotd_health_checks_total{app="shop",result="fail"}"#) >= 2);
+    assert!(
+        metric_value(
+            &text,
+            r#"slotd_health_checks_total{app="shop",result="fail"}"#
+        ) >= 2
+    );
     assert!(text.contains(&format!(
         r#"slotd_instance_healthy{{app="shop",instance="{}",slot="production"}} 0"#,
         a.address()
@@ -106,7 +123,9 @@ async fn active_checks_take_a_failing_instance_out_of_rotation_and_bring_it_back
     .await;
     let after = served_by(&slotd, 4).await;
     assert!(after.contains(&"a".to_string()), "{after:?}");
-    assert!(slotd.log().contains("instance down: it failed its active health checks"));
+    assert!(slotd
+        .log()
+        .contains("instance down: it failed its active health checks"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +162,10 @@ version = "v1"
     // The same instance, down for app `open` too, still gets its traffic.
     let text = slotd.metrics().await;
     assert_eq!(
-        try_metric_value(&text, r#"slotd_instance_ejections_total{app="open",reason="check"}"#),
+        try_metric_value(
+            &text,
+            r#"slotd_instance_ejections_total{app="open",reason="check"}"#
+        ),
         Some(1)
     );
     let resp = slotd.get("open.test", "/").await;
@@ -165,8 +187,9 @@ ejection_time = "2s""#;
         extra,
     ))
     .await;
-    let failures =
-        format!(r#"slotd_instance_failures_total{{app="shop",instance="{dead}",slot="production"}}"#);
+    let failures = format!(
+        r#"slotd_instance_failures_total{{app="shop",instance="{dead}",slot="production"}}"#
+    );
     // Every request succeeds (connect failures are retried on `good`) ...
     for _ in 0..6 {
         assert_eq!(served_by(&slotd, 1).await, ["good"]);
@@ -175,13 +198,18 @@ ejection_time = "2s""#;
     let text = slotd.metrics().await;
     assert_eq!(metric_value(&text, &failures), 2, "{text}");
     assert_eq!(
-        metric_value(&text, r#"slotd_instance_ejections_total{app="shop",reason="passive"}"#),
+        metric_value(
+            &text,
+            r#"slotd_instance_ejections_total{app="shop",reason="passive"}"#
+        ),
         1
     );
     let (healthy, why) = instance_health(&slotd, &dead).await;
     assert!(!healthy);
     assert!(why.unwrap_or_default().contains("ejected"));
-    assert!(slotd.log().contains("instance ejected: consecutive failed requests"));
+    assert!(slotd
+        .log()
+        .contains("instance ejected: consecutive failed requests"));
 
     // After the ejection time it gets traffic again: one more failure (still
     // retried for the client) ejects it at once.
@@ -197,7 +225,10 @@ ejection_time = "2s""#;
     .await;
     let text = slotd.metrics().await;
     assert_eq!(
-        metric_value(&text, r#"slotd_instance_ejections_total{app="shop",reason="passive"}"#),
+        metric_value(
+            &text,
+            r#"slotd_instance_ejections_total{app="shop",reason="passive"}"#
+        ),
         2
     );
     assert!(!instance_health(&slotd, &dead).await.0);
@@ -230,8 +261,16 @@ async fn connect_failures_are_retried_on_other_instances_up_to_the_apps_retries(
     for _ in 0..6 {
         statuses.push(slotd.get("shop.test", "/").await.status().as_u16());
     }
-    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 4, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
     let text = slotd.metrics().await;
     assert_eq!(
         metric_value(

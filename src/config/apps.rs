@@ -508,7 +508,7 @@ fn check_header_value(doc: &mut Doc, v: &At<String>) -> bool {
 /// The longest duration any setting takes.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration> {
+pub(super) fn duration(doc: &mut Doc, t: &mut Table, key: &'static str) -> Option<Duration> {
     let s = t.string_hinted(doc, key, Some(DURATION_HINT));
     if s.is_none() && t.has(key) {
         return None;

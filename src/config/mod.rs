@@ -41,6 +41,41 @@ pub struct ProxyConfig {
     pub threads: usize,
     /// One `slotd::access` log event per request (off by default).
     pub access_log: bool,
+    pub client: ClientLimits,
+}
+
+/// Limits on client connections and requests (`[proxy]`), against oversized and
+/// slow (slowloris, slow-read) clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A new connection must deliver its first request head within this.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection must deliver its next request head within this.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_timeout: Duration,
+    /// Longest wait for a client to take the next bytes of a response.
+    pub send_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    pub max_header_size: usize,
+    /// Most header fields in a request; more gets 431.
+    pub max_headers: usize,
+    /// Longest request target (URI) in bytes; longer gets 414.
+    pub max_uri_length: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

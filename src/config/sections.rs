@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use super::apps::{duration, size};
 use super::reader::{At, Doc, Table};
-use super::{AdminAuth, AdminConfig, ProxyConfig, StateConfig};
+use super::{AdminAuth, AdminConfig, ClientLimits, ProxyConfig, StateConfig};
 
 pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig> {
     let default_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -13,6 +14,7 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 8080))],
             threads: default_threads,
             access_log: false,
+            client: ClientLimits::default(),
         });
     };
     let mut ok = true;
@@ -58,12 +60,52 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
         }
         None => false,
     };
+    let errors_before = doc.errors.len();
+    let mut client = ClientLimits::default();
+    if let Some(d) = duration(doc, &mut t, "header_timeout") {
+        client.header_timeout = d;
+    }
+    if let Some(d) = duration(doc, &mut t, "keepalive_timeout") {
+        client.keepalive_timeout = d;
+    }
+    if let Some(d) = duration(doc, &mut t, "body_timeout") {
+        client.body_timeout = d;
+    }
+    if let Some(d) = duration(doc, &mut t, "send_timeout") {
+        client.send_timeout = d;
+    }
+    // Pingora refuses heads over 1 MiB and more than 256 headers itself (with 400).
+    if let Some(n) = size(doc, &mut t, "max_header_size") {
+        client.max_header_size = bounded(doc, &t, "max_header_size", n, 1024, 1024 * 1024);
+    }
+    if let Some(n) = t.integer(doc, "max_headers", 1, 256) {
+        client.max_headers = n.value as usize;
+    }
+    if let Some(n) = size(doc, &mut t, "max_uri_length") {
+        client.max_uri_length = bounded(doc, &t, "max_uri_length", n, 64, 1024 * 1024);
+    }
+    ok &= doc.errors.len() == errors_before;
     t.finish(doc);
     ok.then_some(ProxyConfig {
         listen,
         threads,
         access_log,
+        client,
     })
+}
+
+/// `n` if within `min..=max` bytes, else reported (and `min` returned).
+fn bounded(doc: &mut Doc, t: &Table, key: &str, n: u64, min: u64, max: u64) -> usize {
+    if (min..=max).contains(&n) {
+        return n as usize;
+    }
+    doc.error(
+        &t.value_span(key).unwrap_or(t.span.clone()),
+        &t.key_path(key),
+        format!("{n} bytes is out of range: must be between {min} and {max} bytes"),
+        None,
+    );
+    min as usize
 }
 
 fn listen_address(doc: &mut Doc, a: &At<String>, example: &str) -> Option<SocketAddr> {
