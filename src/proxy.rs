@@ -30,8 +30,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::metrics::UpstreamError;
-use crate::{conn, screen};
 use crate::routing::{PassiveEjection, Pick, Pool, PoolInstance, RoutingTable, SlotRef, SlotRoute};
+use crate::{conn, screen};
 
 /// The data plane.
 pub struct SlotProxy {
@@ -162,6 +162,7 @@ async fn respond(
 fn body_for(status: u16, unavailable: &'static str) -> &'static str {
     match status {
         400 => "slotd: bad request\n",
+        408 => "slotd: request timeout: the request body stopped arriving\n",
         413 => "slotd: request body too large\n",
         414 => "slotd: request URI too long\n",
         431 => "slotd: request header fields too large\n",
@@ -493,7 +494,12 @@ impl ProxyHttp for SlotProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::WriteTimedout => 0,
+                    // The body stopped arriving for `body_timeout`.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

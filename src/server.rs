@@ -16,9 +16,9 @@ use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
-use tokio::sync::broadcast;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use tokio::sync::broadcast;
 
 use crate::admin::{self, AdminState};
 use crate::config::{AdminAuth, Config, StateConfig};
@@ -265,8 +265,7 @@ struct Lifecycle {
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take()
-        else {
+        let Some(mut phases) = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
         loop {
@@ -276,9 +275,7 @@ impl BackgroundService for Lifecycle {
                     | ExecutionPhase::GracefulTerminate
                     | ExecutionPhase::ShutdownStarted,
                 ) => crate::conn::start_draining(),
-                Ok(ExecutionPhase::Terminated) | Err(broadcast::error::RecvError::Closed) => {
-                    return
-                }
+                Ok(ExecutionPhase::Terminated) | Err(broadcast::error::RecvError::Closed) => return,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             }
         }

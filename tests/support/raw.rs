@@ -57,6 +57,8 @@ type Script = dyn Fn(&Seen) -> Reply + Send + Sync;
 pub struct ScriptedUpstream {
     pub address: String,
     pub connections: Arc<AtomicUsize>,
+    /// Answers whose writing failed (the proxy had closed the connection).
+    pub write_failures: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -72,21 +74,29 @@ impl ScriptedUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("addr").to_string();
         let connections = Arc::new(AtomicUsize::new(0));
+        let write_failures = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Script> = Arc::new(script);
-        let (c, s) = (connections.clone(), seen.clone());
+        let (c, s, w) = (connections.clone(), seen.clone(), write_failures.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let conn = c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_conn(stream, conn, script.clone(), s.clone()));
+                tokio::spawn(serve_conn(
+                    stream,
+                    conn,
+                    script.clone(),
+                    s.clone(),
+                    w.clone(),
+                ));
             }
         });
         ScriptedUpstream {
             address,
             connections,
+            write_failures,
             seen,
             task,
         }
@@ -103,7 +113,11 @@ async fn serve_conn(
     conn: usize,
     script: Arc<Script>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    write_failures: Arc<AtomicUsize>,
 ) {
+    let failed = || {
+        write_failures.fetch_add(1, Ordering::SeqCst);
+    };
     let mut buf = Vec::new();
     let mut nth = 0;
     loop {
@@ -145,11 +159,14 @@ async fn serve_conn(
         match script(&req) {
             Reply::Bytes(b) => {
                 if stream.write_all(&b).await.is_err() {
+                    failed();
                     return;
                 }
             }
             Reply::BytesThenClose(b) => {
-                let _ = stream.write_all(&b).await;
+                if stream.write_all(&b).await.is_err() {
+                    failed();
+                }
                 let _ = stream.shutdown().await;
                 return;
             }
@@ -157,6 +174,7 @@ async fn serve_conn(
                 for (delay, b) in parts {
                     tokio::time::sleep(delay).await;
                     if stream.write_all(&b).await.is_err() {
+                        failed();
                         return;
                     }
                 }

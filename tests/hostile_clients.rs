@@ -1,0 +1,334 @@
+//! Hostile and broken clients, byte by byte over raw TCP, through the real binary:
+//! request smuggling shapes (400, connection closed, nothing reaches the upstream),
+//! size limits (431, 414, 413), `Upgrade: h2c`, pipelined bytes after an `Upgrade`,
+//! heads split across writes, slowloris heads, idle keep-alive, slow bodies and slow
+//! readers.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::raw::{exchange, ok, read_all, Reply, ScriptedUpstream};
+use support::{eventually, Slotd};
+use tokio::io::AsyncWriteExt;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `shop` in front of one scripted upstream answering `ok` to everything but
+/// `/hang` (never answered), with `max_body_size = 1KiB` and tight client limits.
+async fn setup() -> (ScriptedUpstream, Slotd) {
+    let up = ScriptedUpstream::start(|s| {
+        if s.path == "/hang" {
+            Reply::Hang
+        } else {
+            ok("fine")
+        }
+    })
+    .await;
+    let slotd = Slotd::start_with_proxy(
+        r#"max_header_size = "4KiB"
+max_headers = 20
+max_uri_length = 512
+header_timeout = "1s"
+keepalive_timeout = "1s"
+body_timeout = "500ms"
+send_timeout = "500ms""#,
+        &support::shop_app(
+            &[up.address.clone()],
+            &[],
+            "[app.limits]\nmax_body_size = \"1KiB\"",
+        ),
+    )
+    .await;
+    (up, slotd)
+}
+
+/// Sends `raw` in one write; asserts the answer is `status`, the connection is
+/// closed, and the upstream saw no request.
+async fn refused(slotd: &Slotd, up: &ScriptedUpstream, raw: &str, status: u16) {
+    let before = up.seen().len();
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[raw.as_bytes()],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(status), "{raw:?} got {resp:?}");
+    assert!(resp.closed, "connection left open after {raw:?}: {resp:?}");
+    assert_eq!(resp.responses(), 1, "{resp:?}");
+    assert_eq!(up.seen().len(), before, "{raw:?} reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_get_400_close_the_connection_and_never_reach_the_upstream() {
+    let (up, slotd) = setup().await;
+    let cases = [
+        // CL.TE and TE.CL
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n",
+        // repeated or invalid Content-Length
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3, 3\r\n\r\nabc",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: +3\r\n\r\nabc",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: abc\r\n\r\n",
+        // transfer codings
+        "POST / HTTP/1.0\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // obsolete line folding, bare LF
+        "GET / HTTP/1.1\r\nHost: shop.test\r\nX-A: 1\r\n  folded\r\n\r\n",
+        "GET / HTTP/1.1\nHost: shop.test\n\n",
+        "GET / HTTP/1.1\r\nHost: shop.test\nX-A: 1\r\n\r\n",
+    ];
+    for raw in cases {
+        refused(&slotd, &up, raw, 400).await;
+    }
+    // After all that, an ordinary request still works.
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_uris_and_bodies_get_431_414_and_413() {
+    let (up, slotd) = setup().await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: shop.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
+    refused(&slotd, &up, &big, 431).await;
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    refused(
+        &slotd,
+        &up,
+        &format!("GET / HTTP/1.1\r\nHost: shop.test\r\n{many}\r\n"),
+        431,
+    )
+    .await;
+    refused(
+        &slotd,
+        &up,
+        &format!(
+            "GET /{} HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+            "u".repeat(600)
+        ),
+        414,
+    )
+    .await;
+    refused(
+        &slotd,
+        &up,
+        "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 2048\r\n\r\n",
+        413,
+    )
+    .await;
+    // A chunked body has no declared length: it is cut once it passes the limit
+    // (sent to a path the upstream never answers, so only the proxy can answer).
+    let chunk = format!("800\r\n{}\r\n", "b".repeat(0x800));
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[
+            b"POST /hang HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk.as_bytes(),
+        ],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert!(resp.closed, "{resp:?}");
+    assert_eq!(resp.status(), Some(413), "{resp:?}");
+    // Within the limits everything passes.
+    let body = "c".repeat(1024);
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[format!(
+            "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{body}"
+        )
+        .as_bytes()],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert!(up.seen().iter().any(|s| s.body_len == 1024));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_split_across_writes_is_read_whole_and_still_screened() {
+    let (up, slotd) = setup().await;
+    let addr = slotd.proxy.to_string();
+    let gap = Duration::from_millis(50);
+    let resp = exchange(
+        &addr,
+        &[
+            b"GET /split HTTP/1.1\r\nHo",
+            b"st: shop.test\r\nConnection: cl",
+            b"ose\r\n\r\n",
+        ],
+        gap,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert_eq!(
+        up.seen().last().map(|s| s.path.clone()).as_deref(),
+        Some("/split")
+    );
+    // The smuggling shape split right between the two framing headers.
+    let before = up.seen().len();
+    let resp = exchange(
+        &addr,
+        &[
+            b"POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n",
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ],
+        gap,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(400), "{resp:?}");
+    assert!(resp.closed);
+    assert_eq!(up.seen().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_h2c_is_never_forwarded() {
+    let (up, slotd) = setup().await;
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"],
+        Duration::ZERO,
+        Duration::from_secs(2),
+    )
+    .await;
+    // Answered over HTTP/1.1 as an ordinary request, not switched.
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    let head = &up.seen()[0].head.to_ascii_lowercase();
+    assert!(!head.contains("upgrade"), "{head}");
+    assert!(!head.contains("http2-settings"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_pipelined_after_an_upgrade_request_are_never_taken_for_a_request() {
+    // The upstream refuses the upgrade, so no tunnel opens.
+    let up = ScriptedUpstream::start(|_| {
+        Reply::Bytes(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec())
+    })
+    .await;
+    let slotd = Slotd::start(&support::shop_app(&[up.address.clone()], &[], "")).await;
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n"],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(403), "{resp:?}");
+    assert_eq!(resp.responses(), 1, "{resp:?}");
+    assert!(resp.closed, "{resp:?}");
+    let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths, ["/ws"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_slower_than_the_header_timeout_is_cut_off() {
+    let (up, slotd) = setup().await;
+    let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();
+    let started = Instant::now();
+    // One byte every 100 ms: each read is quick, the whole head never arrives in time.
+    let head = b"GET / HTTP/1.1\r\nHost: shop.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for b in head.chunks(1) {
+        if stream.write_all(b).await.is_err() {
+            cut = true;
+            break;
+        }
+        let r = read_all(&mut stream, Duration::from_millis(100)).await;
+        if r.closed {
+            assert!(r.text.is_empty(), "{r:?}");
+            cut = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(cut, "the trickled head was served");
+    assert!(took >= Duration::from_millis(900), "cut after {took:?}");
+    assert!(took < Duration::from_secs(5), "cut after {took:?}");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_after_the_keepalive_timeout() {
+    let (_up, slotd) = setup().await;
+    let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let resp = read_all(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert!(
+        resp.closed,
+        "idle connection kept past the keep-alive timeout"
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(800), "closed after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408() {
+    let (up, slotd) = setup().await;
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[b"POST /hang HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\nonly part of it"],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert!(resp.closed, "{resp:?}");
+    assert_eq!(resp.status(), Some(408), "{resp:?}");
+    assert!(up.seen().iter().all(|s| s.body_len != 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    const LEN: usize = 64 << 20;
+    let up = ScriptedUpstream::start(|_| {
+        let mut bytes = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n").into_bytes();
+        bytes.resize(bytes.len() + LEN, b'z');
+        Reply::BytesThenClose(bytes)
+    })
+    .await;
+    let slotd = Slotd::start_with_proxy(
+        "send_timeout = \"500ms\"",
+        &support::shop_app(&[up.address.clone()], &[], ""),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing; the proxy gives up on it and drops the upstream too.
+    eventually(
+        Duration::from_secs(20),
+        "the upstream write to fail",
+        || async { (up.write_failures.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    let resp = read_all(&mut stream, Duration::from_secs(10)).await;
+    assert!(resp.closed);
+    assert!(resp.text.len() < LEN, "the whole body arrived");
+}
