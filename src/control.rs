@@ -93,10 +93,15 @@ pub struct DeployOutcome {
 impl ControlPlane {
     /// Loads the state (seeding it from the config where it has nothing), stores it if
     /// seeding changed it, and publishes the first routing table.
+    ///
+    /// `recover`: close swaps a previous process left running (see
+    /// [`state::recover_interrupted`]); false while a previous process may still be
+    /// running them (the first load of a zero-downtime upgrade).
     pub async fn start(
         config: Config,
         store: Box<dyn StateStore>,
         metrics: Arc<Metrics>,
+        recover: bool,
     ) -> Result<Arc<ControlPlane>, StartError> {
         let cp = ControlPlane {
             config: ArcSwap::from_pointee(config),
@@ -108,23 +113,35 @@ impl ControlPlane {
             generation: AtomicU64::new(0),
             busy: Mutex::new(HashMap::new()),
         };
-        cp.reload_state().await?;
+        cp.reload_state(recover).await?;
         Ok(Arc::new(cp))
     }
 
     /// (Re)reads the state from the store, merges it with the config, stores it if
     /// that changed it, and publishes its routing table. Used at start-up, and after
     /// a zero-downtime upgrade once the previous process has let go of the admin API.
-    pub async fn reload_state(&self) -> Result<(), StartError> {
+    pub async fn reload_state(&self, recover: bool) -> Result<(), StartError> {
         let config = self.config();
         let mut state = self.state.lock().await;
         let stored = self.store.load().await?;
-        let (loaded, changed) =
+        let (mut loaded, mut changed) =
             state::reconcile(&config, stored).map_err(|errors| StartError::Mismatch {
                 store: self.store.describe(),
                 config: config.file.display().to_string(),
                 errors,
             })?;
+        if recover {
+            for rec in state::recover_interrupted(&mut loaded) {
+                changed = true;
+                self.metrics.swap_finished(&rec.app, "failed");
+                tracing::warn!(
+                    app = %rec.app,
+                    swap_id = %rec.id,
+                    error = rec.error.as_deref().unwrap_or(""),
+                    "a swap was interrupted by a stop of slotd; it is recorded as failed"
+                );
+            }
+        }
         self.resolve_new_hostnames(&loaded).await;
         let table = self.build(&config, &loaded);
         if changed {

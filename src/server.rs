@@ -150,7 +150,12 @@ pub fn serve(
         .build()
         .map_err(|e| ServeError::Runtime(e.to_string()))?;
     let store = state::open(&config);
-    let cp = rt.block_on(ControlPlane::start(config.clone(), store, metrics))?;
+    let cp = rt.block_on(ControlPlane::start(
+        config.clone(),
+        store,
+        metrics,
+        !options.upgrade,
+    ))?;
     drop(rt);
 
     // In a zero-downtime upgrade the previous process still holds the admin address
@@ -174,7 +179,7 @@ pub fn serve(
     let _ = std::fs::create_dir_all(&folder);
     let mut conf = ServerConf {
         threads: config.proxy.threads,
-        grace_period_seconds: Some(5),
+        grace_period_seconds: Some(config.proxy.shutdown_grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: folder.join("slotd-upgrade.sock").display().to_string(),
         pid_file: folder.join("slotd.pid").display().to_string(),
@@ -335,7 +340,7 @@ impl BackgroundService for AdminService {
                 let Some(l) = self.bind_when_free(&mut shutdown).await else {
                     return;
                 };
-                if let Err(e) = self.cp.reload_state().await {
+                if let Err(e) = self.cp.reload_state(true).await {
                     tracing::error!(error = %e, "cannot reload the state the previous process left; serving the state read at start-up");
                 }
                 Ok(l)

@@ -35,7 +35,7 @@ keepalive_timeout = "1s"
 body_timeout = "500ms"
 send_timeout = "500ms""#,
         &support::shop_app(
-            &[up.address.clone()],
+            std::slice::from_ref(&up.address),
             &[],
             "[app.limits]\nmax_body_size = \"1KiB\"",
         ),
@@ -226,7 +226,12 @@ async fn bytes_pipelined_after_an_upgrade_request_are_never_taken_for_a_request(
         Reply::Bytes(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec())
     })
     .await;
-    let slotd = Slotd::start(&support::shop_app(&[up.address.clone()], &[], "")).await;
+    let slotd = Slotd::start(&support::shop_app(
+        std::slice::from_ref(&up.address),
+        &[],
+        "",
+    ))
+    .await;
     let resp = exchange(
         &slotd.proxy.to_string(),
         &[b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n"],
@@ -313,7 +318,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     .await;
     let slotd = Slotd::start_with_proxy(
         "send_timeout = \"500ms\"",
-        &support::shop_app(&[up.address.clone()], &[], ""),
+        &support::shop_app(std::slice::from_ref(&up.address), &[], ""),
     )
     .await;
     let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();

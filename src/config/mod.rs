@@ -42,6 +42,9 @@ pub struct ProxyConfig {
     /// One `slotd::access` log event per request (off by default).
     pub access_log: bool,
     pub client: ClientLimits,
+    /// After SIGTERM (or the hand-over of an upgrade), how long in-flight requests
+    /// get to finish; whole seconds.
+    pub shutdown_grace: Duration,
 }
 
 /// Limits on client connections and requests (`[proxy]`), against oversized and

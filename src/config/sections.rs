@@ -7,6 +7,8 @@ use super::apps::{duration, size};
 use super::reader::{At, Doc, Table};
 use super::{AdminAuth, AdminConfig, ClientLimits, ProxyConfig, StateConfig};
 
+const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig> {
     let default_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let Some(mut t) = root.table(doc, "proxy") else {
@@ -15,6 +17,7 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
             threads: default_threads,
             access_log: false,
             client: ClientLimits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         });
     };
     let mut ok = true;
@@ -84,6 +87,7 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
     if let Some(n) = size(doc, &mut t, "max_uri_length") {
         client.max_uri_length = bounded(doc, &t, "max_uri_length", n, 64, 1024 * 1024);
     }
+    let shutdown_grace = duration(doc, &mut t, "shutdown_grace").unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     ok &= doc.errors.len() == errors_before;
     t.finish(doc);
     ok.then_some(ProxyConfig {
@@ -91,6 +95,7 @@ pub(super) fn read_proxy(doc: &mut Doc, root: &mut Table) -> Option<ProxyConfig>
         threads,
         access_log,
         client,
+        shutdown_grace,
     })
 }
 

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 pub use file::FileStore;
 
 use crate::config::{Config, StateConfig};
-use crate::model::{now_rfc3339, AppState, Deployment, State, STATE_FORMAT};
+use crate::model::{
+    now_rfc3339, AppState, Deployment, PhaseRecord, State, SwapRecord, SwapState, STATE_FORMAT,
+};
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,47 @@ pub fn open(config: &Config) -> Box<dyn StateStore> {
 
 /// Merges stored state with the config. Returns the state to serve and whether it
 /// differs from what was stored (so the caller saves it before serving).
+/// Closes the swaps a stopped process left unfinished. A `running` swap never reached
+/// its switch (the switch writes the swapped slots and the record in one atomic state
+/// write), so routing never changed: it is moved to the history as `failed`, saying
+/// so. A completed swap without an end time stopped during its settle: it keeps
+/// `completed` with a failed `settle` phase. Returns the swaps it marked failed.
+pub fn recover_interrupted(state: &mut State) -> Vec<SwapRecord> {
+    let mut closed = Vec::new();
+    for app_state in state.apps.values_mut() {
+        // Switched, but stopped while warming the old pool (`settle`): the swap
+        // happened; its record says the settle did not finish.
+        for rec in &mut app_state.history {
+            if rec.state == SwapState::Completed && rec.finished_at.is_none() {
+                let now = now_rfc3339();
+                rec.phases.push(PhaseRecord {
+                    name: "settle".into(),
+                    started_at: now.clone(),
+                    duration_ms: 0,
+                    ok: false,
+                    detail: "interrupted: slotd stopped during the settle; the swap happened, the old pool may not be warm".into(),
+                });
+                rec.finished_at = Some(now);
+            }
+        }
+        let Some(p) = &app_state.pending_swap else {
+            continue;
+        };
+        if p.state != SwapState::Running {
+            continue;
+        }
+        let mut rec = app_state.pending_swap.take().expect("checked above");
+        rec.state = SwapState::Failed;
+        rec.finished_at = Some(now_rfc3339());
+        rec.error = Some(
+            "interrupted: slotd stopped during the warm-up, before the switch; routing never changed (start the swap again)".into(),
+        );
+        app_state.record(rec.clone());
+        closed.push(rec);
+    }
+    closed
+}
+
 pub fn reconcile(config: &Config, stored: Option<State>) -> Result<(State, bool), Vec<String>> {
     let mut changed = stored.is_none();
     let mut state = stored.unwrap_or_else(|| State {

@@ -277,6 +277,16 @@ async fn run_swap(
             ),
         ));
 
+        // The swap is on record as running before the warm-up, the one long phase:
+        // if slotd stops now, the next start finds it and closes it as failed.
+        let running = rec.clone();
+        cp.commit_without_routing(app, |_, st| {
+            st.count_swap(&running.id);
+            st.pending_swap = Some(running);
+            Ok(())
+        })
+        .await?;
+
         // warm-up
         let phase = PhaseTimer::start(cp, app, "warm-up");
         if let Err(why) = run_warmup(cp, app, &plan.source_deployment, &warm).await {
@@ -538,8 +548,14 @@ pub(crate) fn validate_swap(
     }
     if let Some(p) = &st.pending_swap {
         return Err(OpError::Conflict(format!(
-            "swap {} of `{}` into `{}` is waiting in preview; complete or cancel it first",
-            p.id, p.source, p.target
+            "swap {} of `{}` into `{}` {}",
+            p.id,
+            p.source,
+            p.target,
+            match p.state {
+                SwapState::Running => "is still running; wait for it to finish",
+                _ => "is waiting in preview; complete or cancel it first",
+            }
         )));
     }
     let source_deployment = st.deployment(&source.name).cloned().ok_or_else(|| {

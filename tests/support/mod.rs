@@ -476,19 +476,54 @@ impl Slotd {
     }
 
     fn spawn(&mut self) {
+        self.child = Some(self.spawn_process(&[]));
+    }
+
+    fn spawn_process(&self, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("slotd.log"))
             .unwrap();
-        let child = Command::new(slotd_bin())
+        Command::new(slotd_bin())
             .args(["serve", "--config"])
             .arg(self.config_path())
+            .args(extra)
             .env("SLOTD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn slotd");
+            .expect("spawn slotd")
+    }
+
+    /// The process id of the running slotd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("slotd is running").id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "QUIT") to the running slotd.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// Waits until the process exits (within `deadline`); returns its exit status.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("slotd is running");
+        eventually(deadline, "slotd to exit", || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
+
+    /// Starts a second slotd with `--upgrade` on the same config: it takes the
+    /// listeners over once the running one gets SIGQUIT. Returns it (not waited for).
+    pub fn spawn_upgrade(&self) -> Child {
+        self.spawn_process(&["--upgrade"])
+    }
+
+    /// Makes `child` the process this handle manages (after an upgrade).
+    pub fn adopt(&mut self, child: Child) {
         self.child = Some(child);
     }
 
@@ -617,6 +652,15 @@ impl Slotd {
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_cli(args, Some(&format!("http://{}", self.admin)), Some(TOKEN))
     }
+}
+
+/// Sends `signal` (a name such as "TERM") to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -s {signal} {pid} failed");
 }
 
 /// Runs `slotd ARGS` with optional SLOTD_ADMIN / SLOTD_TOKEN.
