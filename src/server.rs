@@ -361,13 +361,55 @@ impl BackgroundService for AdminService {
         {
             ready();
         }
-        let served = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin API stopped");
-        }
+        serve_admin(listener, self.router.clone(), shutdown).await;
+    }
+}
+
+/// Most admin connections served at once; more are closed at once.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// A request head must arrive within this (also bounds idle keep-alive).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest admin request head.
+const ADMIN_MAX_HEAD: usize = 16 * 1024;
+
+/// Serves the admin router over HTTP/1.1 until shutdown, with a header read timeout,
+/// a head size limit and a cap on connections (the body limits and timeout are in the
+/// router, see [`admin::BODY_TIMEOUT`]).
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: ShutdownWatch,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = ADMIN_MAX_CONNECTIONS, "admin API at its connection limit: closing a new connection");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .max_buf_size(ADMIN_MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+            drop(slot);
+        });
     }
 }
