@@ -26,9 +26,14 @@
 //! - [`state`]: the [`state::StateStore`] trait and the `file` backend.
 //! - [`routing`]: the routing table and instance selection.
 //! - [`proxy`]: the Pingora `ProxyHttp` hot path.
+//! - [`conn`]: client connections before HTTP: HTTP/2 detection, request-head
+//!   deadlines (slowloris), draining on shutdown and upgrade.
+//! - [`screen`]: request screening: smuggling shapes and size limits.
+//! - [`health`]: active health checks (passive ejection is in [`routing`]).
 //! - [`control`]: state + store + table publication; deploys.
 //! - [`swap`]: the swap phases, preview, rollback, dry-run plans.
-//! - [`warmup`]: direct HTTP warm-up of a pool's instances.
+//! - [`warmup`]: direct HTTP warm-up of a pool's instances (and the probe health
+//!   checks use).
 //! - [`admin`]: the admin HTTP API; [`client`]: the CLI's side of it.
 //! - [`metrics`]: metric names and families; [`server`]: process assembly;
 //!   [`demo`]: `slotd demo`.
