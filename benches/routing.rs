@@ -125,6 +125,11 @@ fn routing(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    let head = b"GET /cart?item=42 HTTP/1.1\r\nHost: app500.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) bench/1.0\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Language: en-GB,en;q=0.9\r\nCookie: session=0123456789abcdef0123456789abcdef\r\nContent-Length: 0\r\n\r\n";
+    let limits = slotd::config::ClientLimits::default();
+    group.bench_function("request_screening", |b| {
+        b.iter(|| black_box(slotd::screen::screen_head(black_box(head), &limits)))
+    });
     group.bench_function("metrics_update", |b| {
         b.iter(|| {
             slot.metrics.active.inc();

@@ -55,6 +55,10 @@ pub mod names {
         "slotd_instance_healthy",
         "1 when an instance takes traffic, 0 when it is marked unhealthy, by app, slot and instance address.",
     );
+    pub const REJECTED: (&str, &str) = (
+        "slotd_rejected_requests_total",
+        "Requests the proxy refused before routing or streaming them, by status: 400 (malformed framing), 408 (body too slow), 413 (body too large), 414 (target too long), 431 (head too large).",
+    );
     pub const HEALTH_CHECKS: (&str, &str) = (
         "slotd_health_checks_total",
         "Active health checks sent to instances, by app and result (pass, fail).",
@@ -145,6 +149,7 @@ pub struct Metrics {
     warmup_failures: IntCounterVec,
     health_checks: IntCounterVec,
     ejections: IntCounterVec,
+    rejected: IntCounterVec,
     generation: IntGauge,
     deployment_info: IntGaugeVec,
     write_duration: Histogram,
@@ -187,6 +192,22 @@ impl SlotMetrics {
     #[inline]
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.errors[kind as usize].inc();
+    }
+}
+
+/// The statuses `slotd_rejected_requests_total` counts.
+const REJECT_STATUSES: [u16; 5] = [400, 408, 413, 414, 431];
+
+/// Per-status handles of `slotd_rejected_requests_total`.
+#[derive(Clone)]
+pub struct Rejections([IntCounter; 5]);
+
+impl Rejections {
+    /// Counts a refused request; other statuses are ignored.
+    pub fn count(&self, status: u16) {
+        if let Some(i) = REJECT_STATUSES.iter().position(|&s| s == status) {
+            self.0[i].inc();
+        }
     }
 }
 
@@ -251,6 +272,7 @@ impl Metrics {
             warmup_requests: counter_vec(WARMUP_REQUESTS, &["app"]),
             warmup_failures: counter_vec(WARMUP_FAILURES, &["app"]),
             health_checks: counter_vec(HEALTH_CHECKS, &["app", "result"]),
+            rejected: counter_vec(REJECTED, &["status"]),
             ejections: counter_vec(EJECTIONS, &["app", "reason"]),
             generation,
             deployment_info: gauge_vec(DEPLOYMENT_INFO, &["app", "slot", "version"]),
@@ -273,6 +295,7 @@ impl Metrics {
             Box::new(m.warmup_requests.clone()),
             Box::new(m.warmup_failures.clone()),
             Box::new(m.health_checks.clone()),
+            Box::new(m.rejected.clone()),
             Box::new(m.ejections.clone()),
             Box::new(m.generation.clone()),
             Box::new(m.deployment_info.clone()),
@@ -358,6 +381,11 @@ impl Metrics {
     pub fn health_check(&self, app: &str, pass: bool) {
         let result = if pass { "pass" } else { "fail" };
         self.health_checks.with_label_values(&[app, result]).inc();
+    }
+
+    /// Handles of `slotd_rejected_requests_total`, one per status it counts.
+    pub fn rejections(&self) -> Rejections {
+        Rejections(REJECT_STATUSES.map(|s| self.rejected.with_label_values(&[&s.to_string()])))
     }
 
     /// The counter of instances of `app` taken out of rotation for `reason`

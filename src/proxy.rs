@@ -251,10 +251,10 @@ impl ProxyHttp for SlotProxy {
         // a request (the connection closes unless it was upgraded).
         let upgrade = downstream.is_upgrade_req();
         downstream.set_pipelining_enabled(!upgrade);
+        // The idle keep-alive limit is the connection's head deadline (conn.rs), not
+        // a Pingora read timeout, which would cost a timer on every request.
         if conn::draining() {
             downstream.set_keepalive(None);
-        } else if downstream.get_keepalive().is_some() {
-            downstream.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
         }
         downstream.set_read_timeout(Some(limits.body_timeout));
         downstream.set_write_timeout(Some(limits.send_timeout));
@@ -505,6 +505,9 @@ impl ProxyHttp for SlotProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        if let Some(r) = &ctx.table.rejections {
+            r.count(code);
+        }
         if code > 0 && session.response_written().is_none() {
             // The connection is not reused after a failure: say so to the client.
             session.set_keepalive(None);

@@ -20,7 +20,7 @@ use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{AppConfig, ClientLimits, Config, HealthConfig, SlotConfig};
-use crate::metrics::{InstanceMetrics, Metrics, SlotMetrics};
+use crate::metrics::{InstanceMetrics, Metrics, Rejections, SlotMetrics};
 use crate::model::{AppState, Deployment, State};
 
 /// Index of a slot in a table: (app, slot).
@@ -37,6 +37,8 @@ pub struct RoutingTable {
     pub access_log: bool,
     /// `[proxy]` limits on client connections and requests.
     pub client: ClientLimits,
+    /// `slotd_rejected_requests_total`; `None` in the empty start-up table.
+    pub rejections: Option<Rejections>,
     hosts: HashMap<Box<str>, SlotRef>,
     apps: Vec<AppRoute>,
 }
@@ -316,6 +318,7 @@ impl RoutingTable {
             generation: 0,
             access_log: false,
             client: ClientLimits::default(),
+            rejections: None,
             hosts: HashMap::new(),
             apps: Vec::new(),
         }
@@ -358,6 +361,7 @@ impl RoutingTable {
             generation,
             access_log: config.proxy.access_log,
             client: config.proxy.client,
+            rejections: Some(metrics.rejections()),
             hosts,
             apps,
         };

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::raw::{exchange, ok, read_all, Reply, ScriptedUpstream};
-use support::{eventually, Slotd};
+use support::{eventually, metric_value, Slotd};
 use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -162,6 +162,11 @@ async fn oversized_heads_uris_and_bodies_get_431_414_and_413() {
     .await;
     assert_eq!(resp.status(), Some(200), "{resp:?}");
     assert!(up.seen().iter().any(|s| s.body_len == 1024));
+    let text = slotd.metrics().await;
+    for (status, n) in [(431, 2), (414, 1), (413, 2)] {
+        let series = format!(r#"slotd_rejected_requests_total{{status="{status}"}}"#);
+        assert_eq!(metric_value(&text, &series), n, "{series}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,6 +310,11 @@ async fn a_body_that_stops_arriving_gets_408() {
     assert!(resp.closed, "{resp:?}");
     assert_eq!(resp.status(), Some(408), "{resp:?}");
     assert!(up.seen().iter().all(|s| s.body_len != 100));
+    let text = slotd.metrics().await;
+    assert_eq!(
+        metric_value(&text, r#"slotd_rejected_requests_total{status="408"}"#),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
