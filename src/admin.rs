@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::AppConfig;
-use crate::control::{ControlPlane, DeployOutcome, OpError};
+use crate::control::{ControlPlane, DeployOutcome, OpError, ReloadError};
 use crate::model::{AppState, Deployment, SwapTrigger, PRODUCTION};
 use crate::swap::{self, SwapRequest};
 
@@ -106,6 +106,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps/{app}/swap/cancel", post(post_cancel))
         .route("/v1/apps/{app}/rollback", post(post_rollback))
         .route("/v1/apps/{app}/swaps", get(get_swaps))
+        .route("/v1/reload", post(post_reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -638,6 +639,49 @@ async fn post_rollback(
     let cp = state.cp.clone();
     let rec = detached(async move { swap::rollback(&cp, &app).await }).await?;
     Ok(Json(rec).into_response())
+}
+
+/// `POST /v1/reload`: re-reads the config file (as SIGHUP does).
+async fn post_reload(State(state): State<AdminState>) -> Response {
+    let cp = state.cp.clone();
+    match tokio::spawn(async move { cp.reload().await }).await {
+        Ok(Ok(outcome)) => Json(json!({"reloaded": true, "outcome": outcome})).into_response(),
+        Ok(Err(e)) => reload_error(e),
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the reload failed unexpectedly; see the slotd log",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// A refused reload: 422 with the `slotd check` errors one per line, 409 busy, 503
+/// store down.
+fn reload_error(e: ReloadError) -> Response {
+    let (status, code, errors) = match &e {
+        ReloadError::Invalid(errs) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            errs.0.iter().map(|e| e.to_string()).collect(),
+        ),
+        ReloadError::Mismatch(errs) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config_does_not_fit_state",
+            errs.clone(),
+        ),
+        ReloadError::Busy(_) => (StatusCode::CONFLICT, "conflict", Vec::new()),
+        ReloadError::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_store_unavailable",
+            Vec::new(),
+        ),
+    };
+    let body = json!({"error": {"code": code, "message": e.to_string(), "errors": errors}});
+    (status, Json(body)).into_response()
 }
 
 async fn get_swaps(

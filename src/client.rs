@@ -316,6 +316,27 @@ pub fn print_swap(rec: &Value) -> String {
 }
 
 /// `slotd history`.
+pub fn print_reload(v: &Value) -> String {
+    let o = &v["outcome"];
+    let mut out = format!(
+        "reloaded {}: routing generation {}, {} app(s)\n",
+        o["file"].as_str().unwrap_or("?"),
+        o["generation"],
+        o["apps"]
+    );
+    let pending: Vec<&str> = o["restart_required"]
+        .as_array()
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !pending.is_empty() {
+        out.push_str(&format!(
+            "changed but kept until a restart: {}\n",
+            pending.join(", ")
+        ));
+    }
+    out
+}
+
 pub fn print_history(swaps: &Value) -> String {
     let rows: Vec<Vec<String>> = swaps["swaps"]
         .as_array()

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, ConfigErrors, StateConfig};
 use crate::metrics::Metrics;
 use crate::model::{
     check_instance_address, check_version, now_rfc3339, AppState, Deployment, State, MAX_INSTANCES,
@@ -57,6 +57,32 @@ pub enum StartError {
     },
 }
 
+/// Why a reload was refused; the running config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not pass `slotd check`.
+    #[error("the config file has errors; nothing was changed:\n{0}")]
+    Invalid(ConfigErrors),
+    /// The new config does not fit the state (a removed slot holds a deployment).
+    #[error("the new config does not fit the state; nothing was changed:\n  {}", .0.join("\n  "))]
+    Mismatch(Vec<String>),
+    /// A swap or deploy is under way.
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Store(#[from] StateError),
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub file: String,
+    pub generation: u64,
+    pub apps: usize,
+    /// Settings that changed in the file but only take effect after a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
 pub struct ControlPlane {
     config: ArcSwap<Config>,
     store: Box<dyn StateStore>,
@@ -80,6 +106,54 @@ impl Drop for AppGuard<'_> {
         let mut busy = self.cp.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.remove(&self.app);
     }
+}
+
+/// Releases the apps a reload claimed.
+struct ReloadClaims<'a> {
+    cp: &'a ControlPlane,
+    apps: Vec<String>,
+}
+
+impl Drop for ReloadClaims<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.cp.busy.lock().unwrap_or_else(|e| e.into_inner());
+        for app in &self.apps {
+            busy.remove(app);
+        }
+    }
+}
+
+/// Copies into `next` the settings a running process cannot change (its sockets,
+/// threads, admin API, state store, shutdown grace); returns those that differ.
+fn keep_fixed_settings(running: &Config, next: &mut Config) -> Vec<&'static str> {
+    let StateConfig::File { path } = &next.state;
+    let StateConfig::File { path: running_path } = &running.state;
+    let checks = [
+        ("proxy.listen", running.proxy.listen == next.proxy.listen),
+        ("proxy.threads", running.proxy.threads == next.proxy.threads),
+        (
+            "proxy.shutdown_grace",
+            running.proxy.shutdown_grace == next.proxy.shutdown_grace,
+        ),
+        (
+            "admin",
+            running.admin.listen == next.admin.listen && running.admin.auth == next.admin.auth,
+        ),
+        (
+            "state",
+            std::path::absolute(path).ok().as_ref() == Some(running_path),
+        ),
+    ];
+    next.proxy.listen = running.proxy.listen.clone();
+    next.proxy.threads = running.proxy.threads;
+    next.proxy.shutdown_grace = running.proxy.shutdown_grace;
+    next.admin = running.admin.clone();
+    next.state = running.state.clone();
+    checks
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// What a deploy did.
@@ -150,6 +224,71 @@ impl ControlPlane {
         *state = loaded;
         self.install(table, &config, &state);
         Ok(())
+    }
+
+    /// Re-reads the config file and applies it: hosts, headers, slots, warm-up,
+    /// timeouts, health checks, limits and the access log change at once with a new
+    /// routing table; requests in flight finish on the table they started with.
+    /// Refused, with nothing changed, when the file has errors, when a slot it drops
+    /// still holds a deployment, or while a swap or deploy is under way. Listeners,
+    /// threads, the admin section, the state store and `shutdown_grace` keep their
+    /// running values until a restart (listed in `restart_required`).
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        let outcome = self.reload_inner().await;
+        self.metrics.config_reload(outcome.is_ok());
+        match &outcome {
+            Ok(o) => tracing::info!(
+                file = %o.file,
+                generation = o.generation,
+                apps = o.apps,
+                restart_required = ?o.restart_required,
+                "config reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the running config keeps serving")
+            }
+        }
+        outcome
+    }
+
+    async fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
+        let running = self.config();
+        let mut next = crate::config::load(&running.file).map_err(ReloadError::Invalid)?;
+        // Claim every app, so no swap or deploy starts or runs during the reload.
+        let _claims = {
+            let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((app, what)) = busy.iter().next() {
+                return Err(ReloadError::Busy(format!(
+                    "app `{app}` is busy: a {what} is under way; reload when it has finished"
+                )));
+            }
+            for app in &running.apps {
+                busy.insert(app.name.clone(), "configuration reload".into());
+            }
+            ReloadClaims {
+                cp: self,
+                apps: running.apps.iter().map(|a| a.name.clone()).collect(),
+            }
+        };
+        let restart_required = keep_fixed_settings(&running, &mut next);
+        let mut state = self.state.lock().await;
+        let (loaded, changed) =
+            state::reconcile(&next, Some(state.clone())).map_err(ReloadError::Mismatch)?;
+        self.resolve_new_hostnames(&loaded).await;
+        let table = self.build(&next, &loaded);
+        let generation = table.generation();
+        if changed {
+            self.save(&loaded, "").await?;
+        }
+        self.config.store(Arc::new(next.clone()));
+        *state = loaded;
+        self.install(table, &next, &state);
+        Ok(ReloadOutcome {
+            file: next.file.display().to_string(),
+            generation,
+            apps: next.apps.len(),
+            restart_required,
+        })
     }
 
     /// Writes the state durably, timing the write.

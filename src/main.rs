@@ -96,6 +96,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Re-read the config file of the running server (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -445,6 +450,13 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
                 )
                 .await?;
             show(client.json, &v, client::print_history)
+        }
+        Command::Reload { client } => {
+            let v = client
+                .client()?
+                .call(Method::POST, "/v1/reload", None)
+                .await?;
+            show(client.json, &v, client::print_reload)
         }
         Command::Serve { .. } | Command::Demo { .. } | Command::Check { .. } => {
             unreachable!("handled in main")

@@ -59,6 +59,10 @@ pub mod names {
         "slotd_rejected_requests_total",
         "Requests the proxy refused before routing or streaming them, by status: 400 (malformed framing), 408 (body too slow), 413 (body too large), 414 (target too long), 431 (head too large).",
     );
+    pub const CONFIG_RELOADS: (&str, &str) = (
+        "slotd_config_reloads_total",
+        "Config reloads (SIGHUP, POST /v1/reload), by result: ok, or failed (the file had errors or did not fit the state; the running config kept serving).",
+    );
     pub const HEALTH_CHECKS: (&str, &str) = (
         "slotd_health_checks_total",
         "Active health checks sent to instances, by app and result (pass, fail).",
@@ -150,6 +154,7 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     ejections: IntCounterVec,
     rejected: IntCounterVec,
+    reloads: IntCounterVec,
     generation: IntGauge,
     deployment_info: IntGaugeVec,
     write_duration: Histogram,
@@ -273,6 +278,7 @@ impl Metrics {
             warmup_failures: counter_vec(WARMUP_FAILURES, &["app"]),
             health_checks: counter_vec(HEALTH_CHECKS, &["app", "result"]),
             rejected: counter_vec(REJECTED, &["status"]),
+            reloads: counter_vec(CONFIG_RELOADS, &["result"]),
             ejections: counter_vec(EJECTIONS, &["app", "reason"]),
             generation,
             deployment_info: gauge_vec(DEPLOYMENT_INFO, &["app", "slot", "version"]),
@@ -280,6 +286,10 @@ impl Metrics {
             write_errors,
             instance_series: Mutex::new(HashSet::new()),
         };
+        // Exported from the start, so a dashboard sees 0 rather than no series.
+        for result in ["ok", "failed"] {
+            m.reloads.with_label_values(&[result]);
+        }
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
             Box::new(m.duration.clone()),
@@ -296,6 +306,7 @@ impl Metrics {
             Box::new(m.warmup_failures.clone()),
             Box::new(m.health_checks.clone()),
             Box::new(m.rejected.clone()),
+            Box::new(m.reloads.clone()),
             Box::new(m.ejections.clone()),
             Box::new(m.generation.clone()),
             Box::new(m.deployment_info.clone()),
@@ -381,6 +392,12 @@ impl Metrics {
     pub fn health_check(&self, app: &str, pass: bool) {
         let result = if pass { "pass" } else { "fail" };
         self.health_checks.with_label_values(&[app, result]).inc();
+    }
+
+    /// One config reload, applied or refused.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// Handles of `slotd_rejected_requests_total`, one per status it counts.

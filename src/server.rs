@@ -233,6 +233,7 @@ pub fn serve(
 
     let lifecycle = Lifecycle {
         phases: Mutex::new(Some(server.watch_execution_phase())),
+        cp: cp.clone(),
     };
     server.add_service(background_service("lifecycle", lifecycle));
 
@@ -263,8 +264,10 @@ pub fn client_connection_buffers() -> L4BufferSettings {
 /// its listeners to a new process, responses close their connections
 /// ([`crate::conn::start_draining`]), so clients reconnect (to the new process, in
 /// an upgrade) instead of sending their next request on a connection about to close.
+/// Also reloads the config file on SIGHUP.
 struct Lifecycle {
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    cp: Arc<ControlPlane>,
 }
 
 #[async_trait]
@@ -273,8 +276,26 @@ impl BackgroundService for Lifecycle {
         let Some(mut phases) = self.phases.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /v1/reload");
+                None
+            }
+        };
         loop {
-            match phases.recv().await {
+            let phase = tokio::select! {
+                phase = phases.recv() => phase,
+                Some(()) = async { hangups.as_mut()?.recv().await } => {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    // The outcome is logged and counted by reload itself.
+                    let _ = self.cp.reload().await;
+                    continue;
+                }
+            };
+            match phase {
                 Ok(
                     ExecutionPhase::GracefulUpgradeTransferringFds
                     | ExecutionPhase::GracefulTerminate

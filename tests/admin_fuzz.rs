@@ -108,6 +108,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/apps/{app}/swap/cancel"),
     ("POST", "/v1/apps/{app}/rollback"),
     ("GET", "/v1/apps/{app}/swaps"),
+    ("POST", "/v1/reload"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ];

@@ -444,23 +444,38 @@ impl Slotd {
     }
 
     async fn start_configured(dir: tempfile::TempDir, proxy_extra: &str, apps: &str) -> Slotd {
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        std::fs::write(
-            dir.path().join("slotd.toml"),
-            server_config_with(proxy, admin, proxy_extra, apps),
-        )
-        .unwrap();
         std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
         let mut s = Slotd {
             dir,
-            proxy,
-            admin,
+            proxy: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
             child: None,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
-        s.spawn_and_wait().await;
+        // A port found free can be taken (by a client socket of another test) before
+        // slotd binds it: then pick new ports and start again.
+        for attempt in 1.. {
+            s.proxy = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            s.admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            s.rewrite_config(proxy_extra, apps);
+            match s.try_spawn_and_wait().await {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("cannot listen on") => {
+                    let _ = std::fs::remove_file(s.dir.path().join("slotd.log"));
+                }
+                Err(log) => panic!("slotd did not start:\n{log}"),
+            }
+        }
         s
+    }
+
+    /// Rewrites the config file with the same listeners and token (for reloads).
+    pub fn rewrite_config(&self, proxy_extra: &str, apps: &str) {
+        std::fs::write(
+            self.config_path(),
+            server_config_with(self.proxy, self.admin, proxy_extra, apps),
+        )
+        .unwrap();
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -529,6 +544,13 @@ impl Slotd {
 
     /// Spawns the binary and waits until the admin API and the proxy answer.
     pub async fn spawn_and_wait(&mut self) {
+        if let Err(log) = self.try_spawn_and_wait().await {
+            panic!("slotd did not start:\n{log}");
+        }
+    }
+
+    /// Like [`Self::spawn_and_wait`]; on failure returns the log.
+    async fn try_spawn_and_wait(&mut self) -> Result<(), String> {
         self.spawn();
         let (admin, proxy) = (self.admin, self.proxy);
         let http = self.http.clone();
@@ -539,10 +561,11 @@ impl Slotd {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "slotd exited with {status} during start-up:\n{}",
                     self.log()
-                );
+                ));
             }
             let admin_ok = http
                 .get(format!("http://{admin}/healthz"))
@@ -551,13 +574,11 @@ impl Slotd {
                 .is_ok_and(|r| r.status() == 200);
             let proxy_ok = tokio::net::TcpStream::connect(proxy).await.is_ok();
             if admin_ok && proxy_ok {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < end,
-                "slotd did not become ready:\n{}",
-                self.log()
-            );
+            if Instant::now() >= end {
+                return Err(format!("slotd did not become ready:\n{}", self.log()));
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
