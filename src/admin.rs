@@ -106,6 +106,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps/{app}/swap/cancel", post(post_cancel))
         .route("/v1/apps/{app}/rollback", post(post_rollback))
         .route("/v1/apps/{app}/swaps", get(get_swaps))
+        .route("/v1/apps/{app}/slots/{slot}/settings", get(get_settings))
         .route("/v1/reload", post(post_reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -639,6 +640,45 @@ async fn post_rollback(
     let cp = state.cp.clone();
     let rec = detached(async move { swap::rollback(&cp, &app).await }).await?;
     Ok(Json(rec).into_response())
+}
+
+/// `GET .../slots/{slot}/settings`: the settings the slot serves with now, each with
+/// whether it is sticky (stays with the slot) and the request header that carries it
+/// to upstreams (if any).
+async fn get_settings(
+    State(state): State<AdminState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (app, slot) = path_params(p)?;
+    let (config, st) = state.cp.app(&app).await?;
+    let app_config = config.app(&app).expect("checked by cp.app");
+    let Some(slot_config) = app_config.slot(&slot) else {
+        return Err(OpError::UnknownSlot { app, slot }.into());
+    };
+    let deployment = st.deployment(&slot);
+    let settings: Vec<Value> = crate::routing::effective_settings(slot_config, deployment)
+        .into_iter()
+        .map(|(name, value)| {
+            let header = app_config
+                .settings_headers
+                .iter()
+                .find(|(s, _)| *s == name)
+                .map(|(_, h)| h.clone());
+            json!({
+                "name": name,
+                "value": value,
+                "sticky": slot_config.sticky_settings.contains(&name),
+                "header": header,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "app": app,
+        "slot": slot,
+        "deployment": deployment.map(|d| &d.id),
+        "settings": settings,
+    }))
+    .into_response())
 }
 
 /// `POST /v1/reload`: re-reads the config file (as SIGHUP does).

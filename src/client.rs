@@ -384,26 +384,18 @@ pub fn print_plan(plan: &Value) -> String {
             format!("{} ({})", s(&d["id"]), s(&d["version"]))
         };
         out.push_str(&format!("  {name}: {} -> {}\n", s(&m["from"]), s(&m["to"])));
-        let before = m["headers_before"].as_object();
-        let after = m["headers_after"].as_object();
-        let mut keys: Vec<&String> = before
-            .into_iter()
-            .flat_map(|o| o.keys())
-            .chain(after.into_iter().flat_map(|o| o.keys()))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        for k in keys {
-            let b = before.and_then(|o| o.get(k)).map(s);
-            let a = after.and_then(|o| o.get(k)).map(s);
-            if a != b {
-                out.push_str(&format!(
-                    "      header {k}: {} -> {}\n",
-                    b.unwrap_or_else(|| "(none)".into()),
-                    a.unwrap_or_else(|| "(none)".into())
-                ));
-            }
-        }
+        diff_lines(
+            &mut out,
+            "header",
+            &m["headers_before"],
+            &m["headers_after"],
+        );
+        diff_lines(
+            &mut out,
+            "setting",
+            &m["settings_before"],
+            &m["settings_after"],
+        );
     }
     let w = &plan["warmup"];
     out.push_str(&format!(
@@ -415,7 +407,33 @@ pub fn print_plan(plan: &Value) -> String {
             .map(|l| l.iter().map(s).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     ));
+    for w in plan["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  warning: {}\n", s(w)));
+    }
     out
+}
+
+/// One line per key whose value differs between two JSON objects of strings.
+fn diff_lines(out: &mut String, what: &str, before: &Value, after: &Value) {
+    let (before, after) = (before.as_object(), after.as_object());
+    let mut keys: Vec<&String> = before
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .chain(after.into_iter().flat_map(|o| o.keys()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let b = before.and_then(|o| o.get(k)).map(s);
+        let a = after.and_then(|o| o.get(k)).map(s);
+        if a != b {
+            out.push_str(&format!(
+                "      {what} {k}: {} -> {}\n",
+                b.unwrap_or_else(|| "(none)".into()),
+                a.unwrap_or_else(|| "(none)".into())
+            ));
+        }
+    }
 }
 
 #[cfg(test)]

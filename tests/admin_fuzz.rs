@@ -109,6 +109,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/apps/{app}/rollback"),
     ("GET", "/v1/apps/{app}/swaps"),
     ("POST", "/v1/reload"),
+    ("GET", "/v1/apps/{app}/slots/{slot}/settings"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ];

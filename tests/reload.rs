@@ -264,3 +264,100 @@ async fn sighup_reloads_and_fixed_settings_wait_for_a_restart() {
     );
     assert_eq!(x_slot_seen(&slotd, "shop.test").await, "v2-header");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_apps_load_route_and_reload() {
+    let up = Upstream::start("shared-1").await;
+    let addr = up.address();
+    let many = |n: usize, tag: &str| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[app]]\nname = \"app{i}\"\n[[app.slot]]\nname = \"production\"\nhosts = [\"app{i}.test\"]\ninstances = [\"{addr}\"]\nversion = \"v1\"\n[app.slot.headers]\nX-Tag = \"{tag}\"\n[[app.slot]]\nname = \"staging\"\nhosts = [\"staging.app{i}.test\"]\n\n"
+                )
+            })
+            .collect()
+    };
+    let slotd = Slotd::start(&many(1000, "one")).await;
+    for i in [0, 1, 499, 998, 999] {
+        let resp = slotd.get(&format!("app{i}.test"), "/echo").await;
+        assert_eq!(resp.status(), 200, "app{i}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["headers"]["x-tag"][0], "one");
+    }
+    let (status, apps) = slotd.admin("GET", "/v1/apps", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(apps["apps"].as_array().unwrap().len(), 1000);
+
+    // A reload of all 1,000 apps, and one more app.
+    slotd.rewrite_config("", &many(1001, "two"));
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outcome"]["apps"], 1001);
+    for i in [0, 999, 1000] {
+        let v: Value = slotd
+            .get(&format!("app{i}.test"), "/echo")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["headers"]["x-tag"][0], "two", "app{i}");
+    }
+    // A swap in one app leaves the others alone.
+    let (status, _) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/app7/slots/staging/deployment",
+            Some(serde_json::json!({"version": "v2", "instances": [addr]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, rec) = slotd
+        .admin(
+            "POST",
+            "/v1/apps/app7/swap",
+            Some(serde_json::json!({"source": "staging"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["state"], "completed", "{rec}");
+    assert_eq!(slotd.get("staging.app8.test", "/").await.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waits_for_no_swap_it_is_refused_while_one_runs() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let (b, g) = (blue.address(), green.address());
+    // Warm-up on /slow: the swap takes about 2 s.
+    let config = apps(&b, &g, "production", None, None).replace(
+        "name = \"shop\"\n",
+        "name = \"shop\"\n[app.warmup]\npath = \"/slow?ms=2000\"\nrequest_timeout = \"10s\"\n",
+    );
+    let slotd = Slotd::start(&config).await;
+    let admin = slotd.admin;
+    let swap = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("http://{admin}/v1/apps/shop/swap"))
+            .bearer_auth(support::TOKEN)
+            .json(&serde_json::json!({"source": "staging"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    eventually(Duration::from_secs(10), "the swap running", || async {
+        let (_, app) = slotd.admin("GET", "/v1/apps/shop", None).await;
+        (app["current_swap"]["state"] == "running").then_some(())
+    })
+    .await;
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("swap"),
+        "{body}"
+    );
+    assert_eq!(swap.await.unwrap(), 200);
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+}

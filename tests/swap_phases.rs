@@ -574,10 +574,11 @@ name = "production"
 hosts = ["shop.test"]
 instances = ["{blue}"]
 version = "v1"
-sticky_settings = ["DB_URL"]
+sticky_settings = ["DB_URL", "REGION"]
 [app.slot.settings]
 FEATURE = "on"
 DB_URL = "prod-db"
+REGION = "eu"
 
 [[app.slot]]
 name = "staging"
@@ -624,6 +625,61 @@ DB_URL = "staging-db"
         echo("staging.shop.test").await,
         ("green-1".into(), None, some("staging-db"))
     );
+
+    // The settings API: effective values, stickiness, the header that carries each.
+    let (status, v) = slotd
+        .admin("GET", "/v1/apps/shop/slots/production/settings", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["settings"],
+        json!([
+            {"name": "DB_URL", "value": "prod-db", "sticky": true, "header": "x-db"},
+            {"name": "FEATURE", "value": "on", "sticky": false, "header": "x-feature"},
+            {"name": "REGION", "value": "eu", "sticky": true, "header": null},
+        ])
+    );
+    let (status, _) = slotd
+        .admin("GET", "/v1/apps/shop/slots/nope/settings", None)
+        .await;
+    assert_eq!(status, 404);
+
+    // A dry run shows the settings each pool serves with before and after, and warns
+    // about the sticky setting only production has.
+    let (status, plan) = slotd
+        .admin(
+            "POST",
+            "/v1/apps/shop/swap",
+            Some(json!({"source": "staging", "dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(
+        plan["moves"][0]["settings_before"],
+        json!({"DB_URL": "staging-db"})
+    );
+    assert_eq!(
+        plan["moves"][0]["settings_after"],
+        json!({"DB_URL": "prod-db", "REGION": "eu"})
+    );
+    assert_eq!(
+        plan["moves"][1]["settings_after"],
+        json!({"DB_URL": "staging-db", "FEATURE": "on"})
+    );
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("`REGION`") && warnings.contains("`staging`"),
+        "{plan}"
+    );
+    let (code, out, err) =
+        slotd.cli(&["swap", "--app", "shop", "--source", "staging", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("setting DB_URL: staging-db -> prod-db"),
+        "{out}"
+    );
+    assert!(out.contains("warning: sticky setting `REGION`"), "{out}");
+
     slotd.swap("staging").await;
     // FEATURE travelled with blue's deployment; DB_URL stayed with each slot.
     assert_eq!(
