@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 
 use crate::config::AppConfig;
 use crate::control::{ControlPlane, DeployOutcome, OpError, ReloadError};
-use crate::model::{AppState, Deployment, SwapTrigger, PRODUCTION};
+use crate::model::{AppState, Deployment, RoutingRule, SwapTrigger, PRODUCTION};
 use crate::swap::{self, SwapRequest};
 
 /// Largest request body the admin API reads.
@@ -107,6 +107,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps/{app}/rollback", post(post_rollback))
         .route("/v1/apps/{app}/swaps", get(get_swaps))
         .route("/v1/apps/{app}/slots/{slot}/settings", get(get_settings))
+        .route("/v1/apps/{app}/routing", put(put_routing))
         .route("/v1/reload", post(post_reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -460,7 +461,7 @@ fn app_view(cp: &ControlPlane, app: &AppConfig, st: &AppState) -> Value {
     json!({
         "name": app.name,
         "slots": slot_views(cp, app, st),
-        "routing": {"rules": []},
+        "routing": {"rules": st.routing_rules, "pin_generation": st.pin_generation},
         "current_swap": st.pending_swap,
     })
 }
@@ -640,6 +641,90 @@ async fn post_rollback(
     let cp = state.cp.clone();
     let rec = detached(async move { swap::rollback(&cp, &app).await }).await?;
     Ok(Json(rec).into_response())
+}
+
+/// `PUT /v1/apps/{app}/routing`: replaces the app's testing-in-production rules
+/// (`{"rules": [{"slot", "percent"}], "reset_pins": false}`); stored durably.
+async fn put_routing(
+    State(state): State<AdminState>,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let app = path_params(p)?;
+    let (config, _) = state.cp.app(&app).await?;
+    let app_config = config.app(&app).expect("checked by cp.app");
+    let mut fields = object_body(body)?;
+    let rules = routing_rules(fields.get("rules"), app_config)?;
+    let reset_pins = fields.boolean("reset_pins")?;
+    fields.finish()?;
+    let stored = rules.clone();
+    let generation = state
+        .cp
+        .commit(&app, move |_, st| {
+            st.routing_rules = stored;
+            if reset_pins {
+                st.pin_generation += 1;
+            }
+            Ok(st.pin_generation)
+        })
+        .await?;
+    tracing::info!(app, rules = ?rules, reset_pins, pin_generation = generation, "routing rules changed");
+    Ok(Json(json!({"rules": rules, "pin_generation": generation})).into_response())
+}
+
+/// Checks `rules`: an array of `{slot, percent}` naming distinct slots of the app
+/// other than production, percents 0-100 adding up to at most 100.
+fn routing_rules(v: Option<&Value>, app: &AppConfig) -> Result<Vec<RoutingRule>, ApiError> {
+    let Some(v) = v else {
+        return Err(ApiError::invalid(
+            "rules: missing; send [] to remove every rule",
+        ));
+    };
+    let Value::Array(items) = v else {
+        return Err(ApiError::invalid(format!(
+            "rules: expected an array of {{\"slot\", \"percent\"}} objects, found {}",
+            json_type(v)
+        )));
+    };
+    let mut rules: Vec<RoutingRule> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let rule: RoutingRule = serde_json::from_value(item.clone()).map_err(|e| {
+            ApiError::invalid(format!(
+                "rules[{i}]: expected {{\"slot\": name, \"percent\": 0-100}}: {e}"
+            ))
+        })?;
+        if app.slot(&rule.slot).is_none() {
+            return Err(ApiError::invalid(format!(
+                "rules[{i}].slot: app `{}` has no slot `{}`",
+                app.name, rule.slot
+            )));
+        }
+        if rule.slot == PRODUCTION {
+            return Err(ApiError::invalid(format!(
+                "rules[{i}].slot: production takes whatever the rules leave; name another slot"
+            )));
+        }
+        if rule.percent > 100 {
+            return Err(ApiError::invalid(format!(
+                "rules[{i}].percent: {} is over 100",
+                rule.percent
+            )));
+        }
+        if rules.iter().any(|r| r.slot == rule.slot) {
+            return Err(ApiError::invalid(format!(
+                "rules[{i}].slot: `{}` has a rule already",
+                rule.slot
+            )));
+        }
+        rules.push(rule);
+    }
+    let total: u32 = rules.iter().map(|r| u32::from(r.percent)).sum();
+    if total > 100 {
+        return Err(ApiError::invalid(format!(
+            "rules: the percents add up to {total}; at most 100"
+        )));
+    }
+    Ok(rules)
 }
 
 /// `GET .../slots/{slot}/settings`: the settings the slot serves with now, each with

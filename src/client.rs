@@ -316,6 +316,21 @@ pub fn print_swap(rec: &Value) -> String {
 }
 
 /// `slotd history`.
+pub fn print_routing(v: &Value) -> String {
+    let rules = v["rules"].as_array().cloned().unwrap_or_default();
+    let mut out = if rules.is_empty() {
+        "no routing rules: production takes every visitor\n".to_string()
+    } else {
+        let rows: Vec<Vec<String>> = rules
+            .iter()
+            .map(|r| vec![s(&r["slot"]), format!("{}%", r["percent"])])
+            .collect();
+        table(&["SLOT", "NEW VISITORS"], &rows)
+    };
+    out.push_str(&format!("pin generation {}\n", v["pin_generation"]));
+    out
+}
+
 pub fn print_reload(v: &Value) -> String {
     let o = &v["outcome"];
     let mut out = format!(

@@ -96,6 +96,25 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Testing in production: send a share of new production visitors to a slot
+    /// (0 = only visitors who opt in with ?x-slot-routing-name=SLOT).
+    Route {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        slot: String,
+        /// Share of new production visitors, 0-100.
+        #[arg(long, required_unless_present = "remove", value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+        /// Remove the slot's rule.
+        #[arg(long, conflicts_with = "percent")]
+        remove: bool,
+        /// Unpin every visitor: existing pins are ignored from now on.
+        #[arg(long)]
+        reset_pins: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Re-read the config file of the running server (as SIGHUP does).
     Reload {
         #[command(flatten)]
@@ -450,6 +469,31 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
                 )
                 .await?;
             show(client.json, &v, client::print_history)
+        }
+        Command::Route {
+            app,
+            slot,
+            percent,
+            remove,
+            reset_pins,
+            client,
+        } => {
+            let c = client.client()?;
+            let path = format!("/v1/apps/{}", segment(&app));
+            let current = c.call(Method::GET, &path, None).await?;
+            let mut rules: Vec<Value> = current["routing"]["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            rules.retain(|r| r["slot"] != slot.as_str());
+            if let (false, Some(p)) = (remove, percent) {
+                rules.push(json!({"slot": slot, "percent": p}));
+            }
+            let body = json!({"rules": rules, "reset_pins": reset_pins});
+            let v = c
+                .call(Method::PUT, &format!("{path}/routing"), Some(body))
+                .await?;
+            show(client.json, &v, client::print_routing)
         }
         Command::Reload { client } => {
             let v = client

@@ -181,6 +181,22 @@ pub struct AppState {
     pub next_deployment: u64,
     #[serde(default)]
     pub next_swap: u64,
+    /// Testing in production: shares of new production visitors sent to other slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing_rules: Vec<RoutingRule>,
+    /// Bumped to unpin every visitor (`--reset-pins`): pins carry the generation
+    /// they were made in, and older ones are ignored.
+    #[serde(default)]
+    pub pin_generation: u64,
+}
+
+/// `{slot, percent}`: that share of new production visitors goes to `slot` and is
+/// pinned there by the `x-slot-routing-name` cookie; 0 takes opted-in visitors only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingRule {
+    pub slot: String,
+    pub percent: u8,
 }
 
 impl AppState {

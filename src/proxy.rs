@@ -66,6 +66,8 @@ pub struct RequestCtx {
     rejection: Option<&'static str>,
     /// Request body bytes seen so far (for `max_body_size`).
     body_bytes: u64,
+    /// A testing-in-production pin to set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 impl Drop for RequestCtx {
@@ -235,6 +237,7 @@ impl ProxyHttp for SlotProxy {
             host: None,
             rejection: None,
             body_bytes: 0,
+            set_cookie: None,
         }
     }
 
@@ -279,7 +282,22 @@ impl ProxyHttp for SlotProxy {
             .as_ref()
             .and_then(|h| ctx.table.route(h.as_bytes()));
         match route {
-            Some(r) => {
+            Some(mut r) => {
+                // Testing in production: a production request may go to another slot.
+                let choice = ctx.table.slot(r).split.as_ref().map(|split| {
+                    let req = session.req_header();
+                    let cookies: Vec<&[u8]> = req
+                        .headers
+                        .get_all(http::header::COOKIE)
+                        .iter()
+                        .map(HeaderValue::as_bytes)
+                        .collect();
+                    split.choose(req.uri.query(), &cookies, roll_percent())
+                });
+                if let Some(choice) = choice {
+                    r.slot = choice.slot;
+                    ctx.set_cookie = choice.set_cookie;
+                }
                 let slot = ctx.table.slot(r);
                 slot.metrics.active.inc();
                 ctx.slot = Some(r);
@@ -466,6 +484,9 @@ impl ProxyHttp for SlotProxy {
         if let Some(r) = ctx.slot {
             upstream_response.insert_header(X_SLOT, ctx.table.slot(r).x_slot.clone())?;
         }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         Ok(())
     }
 
@@ -576,6 +597,29 @@ fn check_total(ctx: &RequestCtx) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// A uniform number in 0..100 for splitting new visitors (xorshift per thread; not
+/// for secrets).
+fn roll_percent() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(&h as *const _ as usize);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        // Take the high bits, which xorshift mixes best; the modulo bias is 2^-57.
+        ((x >> 32) % 100) as u32
+    })
 }
 
 /// Refuses a request whose body is over the app's `max_body_size` (413).

@@ -21,7 +21,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{AppConfig, ClientLimits, Config, HealthConfig, SlotConfig};
 use crate::metrics::{InstanceMetrics, Metrics, Rejections, SlotMetrics};
-use crate::model::{AppState, Deployment, State};
+use crate::model::{AppState, Deployment, State, PRODUCTION};
 
 /// Index of a slot in a table: (app, slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,8 @@ pub struct SlotRoute {
     /// `[app.timeouts] total`: longest time from choosing an instance to the end of
     /// its response.
     pub total_timeout: Option<Duration>,
+    /// Testing in production, on the production slot of an app with routing rules.
+    pub split: Option<Box<Split>>,
     pub metrics: SlotMetrics,
 }
 
@@ -204,6 +206,164 @@ impl InstanceHealth {
         self.failures.store(0, Ordering::Relaxed);
         self.ejected_until.store(0, Ordering::Relaxed);
     }
+}
+
+/// The cookie (and query parameter) that pins a visitor to a slot.
+pub const PIN_COOKIE: &str = "x-slot-routing-name";
+
+/// Testing in production for one app: how new production visitors are split and
+/// which slots a visitor may be pinned to. Built with the table; the proxy only reads.
+pub struct Split {
+    /// Slot index of production.
+    production: u32,
+    /// (cumulative percent, slot index), in rule order; a roll under the bound goes
+    /// there, a roll past the last bound stays in production.
+    shares: Vec<(u32, u32)>,
+    /// Slots with a rule (0 % included), by name: the ones a pin may name.
+    pinnable: Vec<(Box<str>, u32)>,
+    /// Pins made before the last `--reset-pins` are ignored.
+    generation: u64,
+    /// `Set-Cookie` values, by slot index (production's is `self`).
+    cookies: Vec<(u32, HeaderValue)>,
+}
+
+/// Where a production request goes under a [`Split`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct SplitChoice {
+    pub slot: u32,
+    /// Set this pin on the response (a new or changed pin).
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl Split {
+    fn build(app: &AppConfig, st: &AppState) -> Option<Split> {
+        if st.routing_rules.is_empty() {
+            return None;
+        }
+        let index = |name: &str| {
+            app.slots
+                .iter()
+                .position(|s| s.name == name)
+                .map(|i| i as u32)
+        };
+        let production = index(PRODUCTION)?;
+        let mut shares = Vec::new();
+        let mut pinnable = Vec::new();
+        let mut total = 0u32;
+        for rule in &st.routing_rules {
+            let Some(i) = index(&rule.slot) else { continue };
+            if i == production || pinnable.iter().any(|(_, j)| *j == i) {
+                continue;
+            }
+            total = (total + u32::from(rule.percent)).min(100);
+            if rule.percent > 0 {
+                shares.push((total, i));
+            }
+            pinnable.push((Box::from(rule.slot.as_str()), i));
+        }
+        let generation = st.pin_generation;
+        let cookie = |name: &str| {
+            HeaderValue::from_str(&format!(
+                "{PIN_COOKIE}={name}:{generation}; Path=/; HttpOnly; SameSite=Lax"
+            ))
+            .ok()
+        };
+        let mut cookies: Vec<(u32, HeaderValue)> = cookie("self")
+            .map(|c| (production, c))
+            .into_iter()
+            .collect();
+        for (name, i) in &pinnable {
+            if let Some(c) = cookie(name) {
+                cookies.push((*i, c));
+            }
+        }
+        Some(Split {
+            production,
+            shares,
+            pinnable,
+            generation,
+            cookies,
+        })
+    }
+
+    fn cookie_for(&self, slot: u32) -> Option<HeaderValue> {
+        self.cookies
+            .iter()
+            .find(|(i, _)| *i == slot)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// The slot a pin names: `self` is production; a slot without a rule (or no
+    /// longer in the app) is not allowed and falls back to production.
+    fn pinned(&self, name: &[u8]) -> (u32, bool) {
+        if name == b"self" {
+            return (self.production, true);
+        }
+        match self.pinnable.iter().find(|(n, _)| n.as_bytes() == name) {
+            Some((_, i)) => (*i, true),
+            None => (self.production, false),
+        }
+    }
+
+    /// Chooses the slot of a production request: an explicit
+    /// `?x-slot-routing-name=<slot>` (which also sets the pin), else a current pin
+    /// cookie, else a roll of `roll` (0..100) against the shares, pinned.
+    pub fn choose(&self, query: Option<&str>, cookies: &[&[u8]], roll: u32) -> SplitChoice {
+        if let Some(name) = query.and_then(query_pin) {
+            let (slot, _) = self.pinned(name.as_bytes());
+            return SplitChoice {
+                slot,
+                set_cookie: self.cookie_for(slot),
+            };
+        }
+        for header in cookies {
+            if let Some(value) = cookie_pin(header) {
+                let (name, generation) = match value.iter().rposition(|&c| c == b':') {
+                    Some(at) => (
+                        &value[..at],
+                        std::str::from_utf8(&value[at + 1..])
+                            .ok()
+                            .and_then(|g| g.parse::<u64>().ok()),
+                    ),
+                    None => (value, Some(0)),
+                };
+                if generation != Some(self.generation) {
+                    break; // an old pin: a new visitor
+                }
+                let (slot, allowed) = self.pinned(name);
+                return SplitChoice {
+                    slot,
+                    set_cookie: if allowed { None } else { self.cookie_for(slot) },
+                };
+            }
+        }
+        let slot = self
+            .shares
+            .iter()
+            .find(|(bound, _)| roll < *bound)
+            .map_or(self.production, |(_, i)| *i);
+        SplitChoice {
+            slot,
+            set_cookie: self.cookie_for(slot),
+        }
+    }
+}
+
+/// The value of `x-slot-routing-name` in a query string.
+fn query_pin(query: &str) -> Option<&str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == PIN_COOKIE && !v.is_empty()).then_some(v)
+    })
+}
+
+/// The value of the pin cookie in one `Cookie` header.
+fn cookie_pin(header: &[u8]) -> Option<&[u8]> {
+    header.split(|&c| c == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let rest = pair.strip_prefix(PIN_COOKIE.as_bytes())?;
+        rest.strip_prefix(b"=").filter(|v| !v.is_empty())
+    })
 }
 
 /// The outcome of choosing an instance.
@@ -351,6 +511,11 @@ impl RoutingTable {
                 }
                 let deployment = app_state.deployment(&slot.name);
                 slots.push(build_slot(app, slot, deployment, shared, metrics));
+            }
+            if let Some(split) = Split::build(app, app_state) {
+                if let Some(p) = app.slots.iter().position(|s| s.name == PRODUCTION) {
+                    slots[p].split = Some(Box::new(split));
+                }
             }
             apps.push(AppRoute {
                 name: Arc::from(app.name.as_str()),
@@ -502,6 +667,7 @@ fn build_slot(
         retries: app.retries,
         max_body_size: app.limits.max_body_size,
         total_timeout: app.timeouts.total,
+        split: None,
         metrics: metrics.slot(&app.name, &slot.name),
     }
 }
@@ -612,6 +778,57 @@ hosts = ["staging.shop.example.com"]
         assert_eq!(slot.pick(&[]), Pick::NoneHealthy);
         let empty = t.slot(t.route(b"staging.shop.example.com").unwrap());
         assert_eq!(empty.pick(&[]), Pick::Empty);
+    }
+
+    #[test]
+    fn a_split_honours_queries_current_pins_and_rolls() {
+        let config = config();
+        let mut st = crate::state::reconcile(&config, None).expect("seeds").0;
+        let shop = st.apps.get_mut("shop").unwrap();
+        shop.routing_rules = vec![crate::model::RoutingRule {
+            slot: "staging".into(),
+            percent: 30,
+        }];
+        shop.pin_generation = 2;
+        let split = Split::build(&config.apps[0], shop).expect("rules give a split");
+        let (prod, staging) = (0, 1);
+        let pick = |q: Option<&str>, c: &[&[u8]], roll| split.choose(q, c, roll);
+        // Rolls: under 30 to staging, else production; both get a pin.
+        assert_eq!(pick(None, &[], 0).slot, staging);
+        assert_eq!(pick(None, &[], 29).slot, staging);
+        let p = pick(None, &[], 30);
+        assert_eq!(p.slot, prod);
+        assert_eq!(
+            p.set_cookie.unwrap(),
+            "x-slot-routing-name=self:2; Path=/; HttpOnly; SameSite=Lax"
+        );
+        // A current pin wins over the roll and is not set again.
+        let pinned = pick(None, &[b"a=1; x-slot-routing-name=staging:2"], 99);
+        assert_eq!((pinned.slot, pinned.set_cookie), (staging, None));
+        // An old generation (or none, meaning 0) is a new visitor.
+        assert_eq!(
+            pick(None, &[b"x-slot-routing-name=staging:1"], 99).slot,
+            prod
+        );
+        assert_eq!(pick(None, &[b"x-slot-routing-name=staging"], 99).slot, prod);
+        // The query wins over everything and sets the pin; unknown names mean production.
+        let q = pick(
+            Some("x=1&x-slot-routing-name=staging"),
+            &[b"x-slot-routing-name=self:2"],
+            99,
+        );
+        assert_eq!(q.slot, staging);
+        assert!(q.set_cookie.is_some());
+        assert_eq!(pick(Some("x-slot-routing-name=nope"), &[], 0).slot, prod);
+        // A pin naming a slot without a rule falls back to production, re-pinned.
+        let gone = pick(None, &[b"x-slot-routing-name=canary:2"], 0);
+        assert_eq!(gone.slot, prod);
+        assert!(gone.set_cookie.is_some());
+        // Look-alike cookie names do not count.
+        assert_eq!(
+            pick(None, &[b"xx-slot-routing-name=staging:2"], 99).slot,
+            prod
+        );
     }
 
     #[test]

@@ -110,6 +110,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/apps/{app}/swaps"),
     ("POST", "/v1/reload"),
     ("GET", "/v1/apps/{app}/slots/{slot}/settings"),
+    ("PUT", "/v1/apps/{app}/routing"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
 ];
