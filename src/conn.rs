@@ -17,7 +17,7 @@
 //!   `h2_idle_timeout` instead.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -55,7 +55,10 @@ const H2_PREFACE_START: &[u8; 4] = b"PRI ";
 pub struct HeadDeadline {
     /// In [`clock_ms`] milliseconds; 0 while a request is being served.
     at: AtomicU64,
-    /// Wakes the watchdog when the deadline is armed again.
+    /// When an upgraded connection whose pool was swapped out must close
+    /// ([`drain_moved`]); 0: never.
+    close_at: AtomicU64,
+    /// Wakes the watchdog when a deadline is set again.
     armed: Notify,
 }
 
@@ -70,10 +73,16 @@ impl HeadDeadline {
         self.at.store(0, Ordering::Relaxed);
     }
 
-    /// Resolves once the deadline passes while armed.
+    /// Resolves once the head deadline passes while armed, or the drain deadline.
     async fn expired(&self) {
         loop {
-            let at = self.at.load(Ordering::Relaxed);
+            let head = self.at.load(Ordering::Relaxed);
+            let close = self.close_at.load(Ordering::Relaxed);
+            let at = match (head, close) {
+                (0, c) => c,
+                (h, 0) => h,
+                (h, c) => h.min(c),
+            };
             if at == 0 {
                 self.armed.notified().await;
                 continue;
@@ -100,6 +109,86 @@ pub fn head_received() {
 /// `keepalive_timeout`.
 pub fn request_done(keepalive_timeout: Duration) {
     let _ = DEADLINE.try_with(|d| d.arm(keepalive_timeout));
+}
+
+/// An upgraded connection (WebSocket, ...) and the pool it was proxied to.
+struct Upgraded {
+    app: Arc<str>,
+    slot: Arc<str>,
+    deployment: Arc<str>,
+    conn: Weak<HeadDeadline>,
+}
+
+/// Every upgraded connection still open (pruned as they close).
+static UPGRADED: Mutex<Vec<Upgraded>> = Mutex::new(Vec::new());
+
+/// The request on this connection was upgraded, to `deployment` serving `slot` of
+/// `app`: a swap that moves that deployment out of the slot starts its drain.
+pub fn upgraded(app: &Arc<str>, slot: &Arc<str>, deployment: &Arc<str>) {
+    let _ = DEADLINE.try_with(|d| {
+        let mut all = UPGRADED.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|u| u.conn.strong_count() > 0);
+        all.push(Upgraded {
+            app: app.clone(),
+            slot: slot.clone(),
+            deployment: deployment.clone(),
+            conn: Arc::downgrade(d),
+        });
+    });
+}
+
+/// After `table` was published: every upgraded connection whose slot now holds
+/// another deployment gets `drain_timeout(app)` more, then closes. Returns the
+/// number of connections newly set to drain.
+pub fn drain_moved(
+    table: &RoutingTable,
+    drain_timeout: impl Fn(&str) -> Option<Duration>,
+) -> usize {
+    let mut all = UPGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|u| u.conn.strong_count() > 0);
+    let mut started = 0;
+    for u in all.iter() {
+        let Some(conn) = u.conn.upgrade() else {
+            continue;
+        };
+        if conn.close_at.load(Ordering::Relaxed) != 0 {
+            continue;
+        }
+        let now_serving = table
+            .apps()
+            .iter()
+            .find(|a| a.name == u.app)
+            .and_then(|a| a.slots.iter().find(|s| s.name == u.slot))
+            .and_then(|s| s.pool.as_ref().map(|p| p.deployment_id.clone()));
+        if now_serving.as_deref() == Some(&*u.deployment) {
+            continue;
+        }
+        let Some(timeout) = drain_timeout(&u.app) else {
+            continue;
+        };
+        conn.close_at
+            .store(clock_ms() + timeout.as_millis() as u64, Ordering::Relaxed);
+        conn.armed.notify_one();
+        started += 1;
+    }
+    started
+}
+
+/// Upgraded connections draining (their pool was swapped out), by app.
+pub fn draining_by_app() -> Vec<(Arc<str>, usize)> {
+    let all = UPGRADED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out: Vec<(Arc<str>, usize)> = Vec::new();
+    for u in all.iter() {
+        let draining = u
+            .conn
+            .upgrade()
+            .is_some_and(|c| c.close_at.load(Ordering::Relaxed) != 0);
+        match out.iter_mut().find(|(a, _)| *a == u.app) {
+            Some((_, n)) => *n += usize::from(draining),
+            None => out.push((u.app.clone(), usize::from(draining))),
+        }
+    }
+    out
 }
 
 /// The proxy's [`ServerApp`]: detects HTTP/2 prior knowledge and enforces request-head
@@ -142,7 +231,11 @@ impl ServerApp for ClientConnections {
         tokio::select! {
             r = served => r,
             () = deadline.expired() => {
-                tracing::debug!("client did not complete a request head in time: closing the connection");
+                if deadline.close_at.load(Ordering::Relaxed) != 0 {
+                    tracing::info!("closing an upgraded connection: its pool was swapped out and its drain time is over");
+                } else {
+                    tracing::debug!("client did not complete a request head in time: closing the connection");
+                }
                 None
             }
         }

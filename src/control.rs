@@ -93,6 +93,9 @@ pub struct ControlPlane {
     generation: AtomicU64,
     /// Apps with an operation under way, and what it is.
     busy: Mutex<HashMap<String, String>>,
+    /// Every table published, while requests still hold it (for the per-generation
+    /// gauge).
+    published: Mutex<Vec<std::sync::Weak<RoutingTable>>>,
 }
 
 /// Held while an operation changes an app; released on drop.
@@ -186,6 +189,7 @@ impl ControlPlane {
             metrics,
             generation: AtomicU64::new(0),
             busy: Mutex::new(HashMap::new()),
+            published: Mutex::new(Vec::new()),
         };
         cp.reload_state(recover).await?;
         Ok(Arc::new(cp))
@@ -316,6 +320,26 @@ impl ControlPlane {
     pub fn render_metrics(&self) -> String {
         let table = self.routing.load();
         self.metrics.set_instances(table.instances());
+        let live: Vec<(u64, i64)> = {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            published.retain(|t| t.strong_count() > 0);
+            published
+                .iter()
+                .filter_map(|t| t.upgrade())
+                .map(|t| (t.generation(), t.in_flight.load(Ordering::Relaxed)))
+                .collect()
+        };
+        self.metrics
+            .set_generation_requests(&live, table.generation());
+        let config = self.config();
+        let draining = crate::conn::draining_by_app();
+        self.metrics.set_draining(config.apps.iter().map(|a| {
+            let n = draining
+                .iter()
+                .find(|(app, _)| **app == *a.name)
+                .map_or(0, |(_, n)| *n);
+            (a.name.as_str(), n)
+        }));
         self.metrics.render()
     }
 
@@ -446,7 +470,22 @@ impl ControlPlane {
     /// Publishes a built table. Caller holds the state lock.
     fn install(&self, table: RoutingTable, config: &Config, state: &State) {
         let generation = table.generation();
-        self.routing.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.routing.store(table.clone());
+        {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            published.retain(|t| t.strong_count() > 0);
+            published.push(Arc::downgrade(&table));
+        }
+        let draining =
+            crate::conn::drain_moved(&table, |app| config.app(app).map(|a| a.drain_timeout));
+        if draining > 0 {
+            tracing::info!(
+                generation,
+                connections = draining,
+                "upgraded connections on pools swapped out start draining"
+            );
+        }
         self.metrics.set_generation(generation);
         self.metrics
             .set_deployments(config.apps.iter().flat_map(|app| {

@@ -63,6 +63,14 @@ pub mod names {
         "slotd_config_reloads_total",
         "Config reloads (SIGHUP, POST /v1/reload), by result: ok, or failed (the file had errors or did not fit the state; the running config kept serving).",
     );
+    pub const GENERATION_REQUESTS: (&str, &str) = (
+        "slotd_generation_requests",
+        "Requests and upgraded connections in flight, by the routing generation they started on (the current one, and older ones until they finish).",
+    );
+    pub const DRAINING: (&str, &str) = (
+        "slotd_draining_connections",
+        "Upgraded connections (WebSocket, ...) whose pool a swap moved out of their slot, open until the app's drain_timeout, by app.",
+    );
     pub const HEALTH_CHECKS: (&str, &str) = (
         "slotd_health_checks_total",
         "Active health checks sent to instances, by app and result (pass, fail).",
@@ -155,6 +163,8 @@ pub struct Metrics {
     ejections: IntCounterVec,
     rejected: IntCounterVec,
     reloads: IntCounterVec,
+    generation_requests: IntGaugeVec,
+    draining: IntGaugeVec,
     generation: IntGauge,
     deployment_info: IntGaugeVec,
     write_duration: Histogram,
@@ -279,6 +289,8 @@ impl Metrics {
             health_checks: counter_vec(HEALTH_CHECKS, &["app", "result"]),
             rejected: counter_vec(REJECTED, &["status"]),
             reloads: counter_vec(CONFIG_RELOADS, &["result"]),
+            generation_requests: gauge_vec(GENERATION_REQUESTS, &["generation"]),
+            draining: gauge_vec(DRAINING, &["app"]),
             ejections: counter_vec(EJECTIONS, &["app", "reason"]),
             generation,
             deployment_info: gauge_vec(DEPLOYMENT_INFO, &["app", "slot", "version"]),
@@ -307,6 +319,8 @@ impl Metrics {
             Box::new(m.health_checks.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.reloads.clone()),
+            Box::new(m.generation_requests.clone()),
+            Box::new(m.draining.clone()),
             Box::new(m.ejections.clone()),
             Box::new(m.generation.clone()),
             Box::new(m.deployment_info.clone()),
@@ -392,6 +406,27 @@ impl Metrics {
     pub fn health_check(&self, app: &str, pass: bool) {
         let result = if pass { "pass" } else { "fail" };
         self.health_checks.with_label_values(&[app, result]).inc();
+    }
+
+    /// In-flight counts of the live tables `(generation, in flight)`: the current
+    /// generation always, older ones while they serve anything.
+    pub fn set_generation_requests(&self, live: &[(u64, i64)], current: u64) {
+        self.generation_requests.reset();
+        for &(generation, n) in live {
+            if n > 0 || generation == current {
+                self.generation_requests
+                    .with_label_values(&[&generation.to_string()])
+                    .set(n);
+            }
+        }
+    }
+
+    /// Draining upgraded connections per app.
+    pub fn set_draining<'a>(&self, apps: impl Iterator<Item = (&'a str, usize)>) {
+        self.draining.reset();
+        for (app, n) in apps {
+            self.draining.with_label_values(&[app]).set(n as i64);
+        }
     }
 
     /// One config reload, applied or refused.

@@ -14,6 +14,7 @@
 //! against the instance (passive ejection, [`crate::routing::InstanceHealth`]).
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -72,6 +73,7 @@ pub struct RequestCtx {
 
 impl Drop for RequestCtx {
     fn drop(&mut self) {
+        self.table.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(r) = self.slot {
             self.table.slot(r).metrics.active.dec();
         }
@@ -225,8 +227,10 @@ impl ProxyHttp for SlotProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let table = self.routing.load_full();
+        table.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestCtx {
-            table: self.routing.load_full(),
+            table,
             started: Instant::now(),
             slot: None,
             instance: None,
@@ -476,6 +480,9 @@ impl ProxyHttp for SlotProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.answered = true;
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            upgraded(ctx);
+        }
         if conn::draining() {
             // Shutting down or handing over to a new process: the client reconnects
             // for its next request instead of finding this connection closed.
@@ -596,6 +603,17 @@ fn check_total(ctx: &RequestCtx) -> Result<()> {
             Err(e)
         }
         _ => Ok(()),
+    }
+}
+
+/// Registers an upgraded connection with the pool it went to, for draining.
+#[cold]
+fn upgraded(ctx: &RequestCtx) {
+    let Some(r) = ctx.slot else { return };
+    let slot = ctx.table.slot(r);
+    if let Some(pool) = &slot.pool {
+        let app = &ctx.table.apps()[r.app as usize].name;
+        conn::upgraded(app, &slot.name, &pool.deployment_id);
     }
 }
 

@@ -33,6 +33,8 @@ pub struct SlotRef {
 /// An immutable snapshot of where every host's requests go.
 pub struct RoutingTable {
     generation: u64,
+    /// Requests (and upgraded connections) being served from this table.
+    pub in_flight: std::sync::atomic::AtomicI64,
     /// `[proxy] access_log`: one log event per request.
     pub access_log: bool,
     /// `[proxy]` limits on client connections and requests.
@@ -476,6 +478,7 @@ impl RoutingTable {
     pub fn empty() -> Self {
         RoutingTable {
             generation: 0,
+            in_flight: Default::default(),
             access_log: false,
             client: ClientLimits::default(),
             rejections: None,
@@ -524,6 +527,7 @@ impl RoutingTable {
         }
         let table = RoutingTable {
             generation,
+            in_flight: Default::default(),
             access_log: config.proxy.access_log,
             client: config.proxy.client,
             rejections: Some(metrics.rejections()),

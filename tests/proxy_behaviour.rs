@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{eventually, refusing_address, shop_app, Slotd, Upstream, WsUpstream, FAST_WARMUP};
+use support::{
+    eventually, metric_value, refusing_address, shop_app, Slotd, Upstream, WsUpstream, FAST_WARMUP,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -1041,6 +1043,68 @@ async fn an_upgraded_websocket_survives_a_swap() {
     // And the old one still works after the new one was opened.
     assert_eq!(ws_round_trip(&mut old, "still").await, "ws-a: still");
     let _ = old.close(None).await;
+    let _ = new.close(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_on_a_swapped_out_pool_is_closed_after_the_drain_timeout() {
+    let a = WsUpstream::start("ws-a").await;
+    let b = WsUpstream::start("ws-b").await;
+    let slotd = Slotd::start(&shop_app(
+        &[a.addr.to_string()],
+        &[b.addr.to_string()],
+        &format!("drain_timeout = \"2s\"\n{FAST_WARMUP}"),
+    ))
+    .await;
+    let (mut old, answer) = ws_open(slotd.proxy, "shop.test", "production", "before").await;
+    assert_eq!(answer, "ws-a: before");
+    let generation_before = metric_value(&slotd.metrics().await, "slotd_routing_generation");
+
+    let rec = slotd.swap("staging").await;
+    assert_eq!(rec["state"], "completed", "{rec}");
+    let swapped = Instant::now();
+    // Still served by A during the drain, and counted.
+    assert_eq!(ws_round_trip(&mut old, "after").await, "ws-a: after");
+    let text = slotd.metrics().await;
+    assert_eq!(
+        metric_value(&text, r#"slotd_draining_connections{app="shop"}"#),
+        1,
+        "{text}"
+    );
+    let old_generation =
+        format!(r#"slotd_generation_requests{{generation="{generation_before}"}}"#);
+    assert!(metric_value(&text, &old_generation) >= 1, "{text}");
+    let (mut new, answer) = eventually(WAIT, "a new WebSocket on B", || async {
+        let (ws, answer) = ws_open(slotd.proxy, "shop.test", "production", "new").await;
+        (answer == "ws-b: new").then_some((ws, answer))
+    })
+    .await;
+    assert_eq!(answer, "ws-b: new");
+
+    // After the drain timeout the old one is closed; the new one is not.
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match old.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(m)) if m.is_close() => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the old WebSocket stayed open");
+    assert!(
+        swapped.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        swapped.elapsed()
+    );
+    assert_eq!(ws_round_trip(&mut new, "still").await, "ws-b: still");
+    eventually(WAIT, "the drain gauge back to 0", || async {
+        let text = slotd.metrics().await;
+        (metric_value(&text, r#"slotd_draining_connections{app="shop"}"#) == 0).then_some(())
+    })
+    .await;
+    assert!(slotd.log().contains("its drain time is over"));
     let _ = new.close(None).await;
 }
 

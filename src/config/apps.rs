@@ -67,6 +67,7 @@ fn read_app(
     let retries = t
         .integer(doc, "retries", 0, 10)
         .map_or(1, |n| n.value as u32);
+    let drain_timeout = duration(doc, &mut t, "drain_timeout").unwrap_or(Duration::from_secs(300));
     let settings_headers = t.string_map(doc, "settings_headers").unwrap_or_default();
     let mut headers_out = Vec::new();
     for (k, v) in settings_headers {
@@ -166,6 +167,7 @@ fn read_app(
         health,
         limits,
         retries,
+        drain_timeout,
         slots,
         settings_headers: headers_out,
     })

@@ -113,6 +113,9 @@ pub struct AppConfig {
     /// Further instances tried after a connect failure (or, for idempotent requests,
     /// a failure on a reused connection before any answer); `[[app]] retries`.
     pub retries: u32,
+    /// After a swap moves the pool an upgraded connection (WebSocket, ...) was
+    /// proxied to out of its slot, how long it may go on before it is closed.
+    pub drain_timeout: Duration,
     pub slots: Vec<SlotConfig>,
     /// Setting name → upstream request header that carries it.
     pub settings_headers: Vec<(String, String)>,
