@@ -42,9 +42,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An address that refuses connections.
+/// An address that refuses connections: port 1 on a loopback address of its own.
+/// (A free port found by binding could be taken later by another test's server.)
 pub fn refusing_address() -> String {
-    format!("127.0.0.1:{}", free_port())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("127.0.{}.{}:1", (n / 250) % 250, 2 + n % 250)
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `deadline`.
