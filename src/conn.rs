@@ -15,6 +15,10 @@
 //!   ([`head_received`]) and re-arms it when a request ends ([`request_done`]); a
 //!   connection whose deadline passes is closed. HTTP/2 connections get Pingora's
 //!   `h2_idle_timeout` instead.
+//! - It closes upgraded connections (WebSocket, ...) whose pool a swap moved out of
+//!   their slot, once the app's `drain_timeout` has passed ([`drain_moved`]).
+//! - It tells the proxy when the process is draining (shutdown or upgrade), so
+//!   responses close their connections ([`draining`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
