@@ -10,8 +10,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::raw::{Reply, ScriptedUpstream};
 use support::{eventually, metric_value as value, refusing_address, Slotd, Upstream, FAST_WARMUP};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEPLOY_PRODUCTION: &str = "/v1/apps/shop/slots/production/deployment";
 
@@ -146,69 +146,15 @@ async fn a_request_in_flight_is_an_active_request() {
     .await;
 }
 
-/// How a [`FaultyUpstream`] misbehaves after reading a request head.
-#[derive(Clone, Copy)]
-enum Fault {
-    /// Closes the connection without answering.
-    Reset,
-    /// Answers bytes that are not HTTP.
-    Garbage,
-    /// Never answers.
-    Hang,
-}
-
-/// A raw TCP upstream that misbehaves on every request.
-struct FaultyUpstream {
-    address: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FaultyUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FaultyUpstream {
-    async fn start(fault: Fault) -> FaultyUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    match fault {
-                        Fault::Reset => drop(stream),
-                        Fault::Garbage => {
-                            let _ = stream.write_all(b"this is not http\r\n\r\n").await;
-                            let _ = stream.shutdown().await;
-                        }
-                        Fault::Hang => {
-                            tokio::time::sleep(Duration::from_secs(60)).await;
-                        }
-                    }
-                });
-            }
-        });
-        FaultyUpstream { address, task }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_are_counted_by_kind_for_the_slot_and_the_instance() {
-    let reset = FaultyUpstream::start(Fault::Reset).await;
-    let garbage = FaultyUpstream::start(Fault::Garbage).await;
-    let hang = FaultyUpstream::start(Fault::Hang).await;
+    // Raw upstreams that read each request head, then: close without answering,
+    // answer bytes that are not HTTP, or never answer.
+    let reset = ScriptedUpstream::start(|_| Reply::Close).await;
+    let garbage =
+        ScriptedUpstream::start(|_| Reply::BytesThenClose(b"this is not http\r\n\r\n".to_vec()))
+            .await;
+    let hang = ScriptedUpstream::start(|_| Reply::Hang).await;
     let refusing = refusing_address();
     let extra = format!("{FAST_WARMUP}\n[app.timeouts]\nread = \"500ms\"");
     let slotd = Slotd::start(&support::shop_app(
