@@ -17,6 +17,9 @@
 //!   `h2_idle_timeout` instead.
 //! - It closes upgraded connections (WebSocket, ...) whose pool a swap moved out of
 //!   their slot, once the app's `drain_timeout` has passed ([`drain_moved`]).
+//! - It keeps track of where each HTTP/1 request ends in the connection's byte
+//!   stream ([`request_wire_end`]), so that bytes a client sent after an `Upgrade`
+//!   request can be found before the request goes anywhere ([`sent_beyond`]).
 //! - It tells the proxy when the process is draining (shutdown or upgrade), so
 //!   responses close their connections ([`draining`]).
 
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use nix::sys::socket::MsgFlags;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
@@ -34,6 +38,7 @@ use tokio::sync::Notify;
 
 use crate::proxy::SlotProxy;
 use crate::routing::{clock_ms, RoutingTable};
+use crate::screen::Framing;
 
 /// Set once the process starts shutting down or handing its listeners over.
 static DRAINING: AtomicBool = AtomicBool::new(false);
@@ -64,7 +69,13 @@ pub struct HeadDeadline {
     close_at: AtomicU64,
     /// Wakes the watchdog when a deadline is set again.
     armed: Notify,
+    /// Where the last request read so far ends in the connection's byte stream
+    /// (head and body, as sent); [`UNKNOWN_END`] after a chunked body.
+    wire_end: AtomicU64,
 }
+
+/// [`HeadDeadline::wire_end`] once it can no longer be known from the heads alone.
+const UNKNOWN_END: u64 = u64::MAX;
 
 impl HeadDeadline {
     fn arm(&self, within: Duration) {
@@ -107,6 +118,49 @@ tokio::task_local! {
 /// A request head was read on this connection: no deadline while it is served.
 pub fn head_received() {
     let _ = DEADLINE.try_with(|d| d.disarm());
+}
+
+/// Accounts for the request whose head (`head_len` bytes) was just read on this
+/// HTTP/1 connection and returns where it ends in the connection's byte stream, if
+/// that is known: it is once every earlier request had a `Content-Length` or no body.
+pub fn request_wire_end(head_len: usize, framing: Framing) -> Option<u64> {
+    DEADLINE
+        .try_with(|d| {
+            let start = d.wire_end.load(Ordering::Relaxed);
+            let end = match framing {
+                Framing::Length(n) if start != UNKNOWN_END => start
+                    .checked_add(head_len as u64)
+                    .and_then(|e| e.checked_add(n))
+                    .unwrap_or(UNKNOWN_END),
+                _ => UNKNOWN_END,
+            };
+            d.wire_end.store(end, Ordering::Relaxed);
+            (end != UNKNOWN_END).then_some(end)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether the client has sent any byte beyond offset `end` of its connection, read
+/// by the proxy already or still waiting in the socket: the kernel's count of bytes
+/// received (`TCP_INFO`) says so without reading them. A FIN the client sent after
+/// its last byte is not a byte. False when the count cannot be had.
+pub fn sent_beyond(stream: &Stream, end: u64) -> bool {
+    let fd = stream.id();
+    let Ok(info) = pingora::protocols::l4::ext::get_tcp_info(fd) else {
+        return false;
+    };
+    let received = info.tcpi_bytes_received;
+    if received <= end {
+        return false;
+    }
+    if received - end > 1 {
+        return true;
+    }
+    // One byte more: the client's FIN, if the socket holds nothing but it.
+    let mut probe = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(nix::sys::socket::recv(fd, &mut probe, flags), Ok(0))
 }
 
 /// A request ended and the connection may be reused: the next head is due within

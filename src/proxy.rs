@@ -266,7 +266,24 @@ impl ProxyHttp for SlotProxy {
         downstream.set_read_timeout(Some(limits.body_timeout));
         downstream.set_write_timeout(Some(limits.send_timeout));
         let screened = match downstream.as_http1() {
-            Some(h1) => screen::screen_head(&h1.get_headers_raw_bytes(), limits),
+            Some(h1) => {
+                let head = h1.get_headers_raw_bytes();
+                screen::screen_head(&head, limits).and_then(|framing| {
+                    let end = conn::request_wire_end(head.len(), framing);
+                    // Nothing may follow an Upgrade request before its answer: bytes
+                    // there are either a smuggled request or data for a protocol the
+                    // upstream has not agreed to yet.
+                    match end {
+                        Some(end) if upgrade && conn::sent_beyond(h1.stream(), end) => {
+                            Err(screen::Rejection {
+                                status: 400,
+                                reason: "bytes sent after an Upgrade request before its answer",
+                            })
+                        }
+                        _ => Ok(()),
+                    }
+                })
+            }
             None => {
                 let req = downstream.req_header();
                 screen::screen_parsed(req.raw_path().len(), req.headers.len(), limits)

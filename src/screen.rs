@@ -16,6 +16,10 @@
 //! - a bare LF line ending (RFC 9112 §2.2 lets a server accept it; a proxy whose
 //!   upstream may not is safer refusing it);
 //! - heads, header counts and targets over the configured limits (431, 431, 414).
+//!
+//! [`screen_head`] also returns the body's [`Framing`], with which the proxy keeps
+//! track of where each request ends on its connection; an `Upgrade` request followed
+//! by any byte is refused there ([`crate::conn::sent_beyond`]).
 
 use crate::config::ClientLimits;
 
@@ -26,12 +30,22 @@ pub struct Rejection {
     pub reason: &'static str,
 }
 
-const fn reject(status: u16, reason: &'static str) -> Result<(), Rejection> {
+const fn reject<T>(status: u16, reason: &'static str) -> Result<T, Rejection> {
     Err(Rejection { status, reason })
 }
 
-/// Screens a raw HTTP/1 request head (request line, header lines, blank line).
-pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<(), Rejection> {
+/// How the body of a screened request is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length: n`, or no body at all (`Length(0)`).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`: its length on the wire is not known from the head.
+    Chunked,
+}
+
+/// Screens a raw HTTP/1 request head (request line, header lines, blank line) and
+/// tells how its body is framed.
+pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<Framing, Rejection> {
     if raw.len() > limits.max_header_size {
         return reject(431, "request head larger than max_header_size");
     }
@@ -52,6 +66,7 @@ pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<(), Rejection> {
     let mut headers = 0usize;
     let mut content_lengths = 0usize;
     let mut transfer_encodings = 0usize;
+    let mut length = 0u64;
     while let Some(line) = lines.next() {
         if line.is_empty() {
             // Only what follows the head's last LF may be empty; anywhere else it is
@@ -80,6 +95,10 @@ pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<(), Rejection> {
             if content_lengths > 1 || value.contains(&b',') {
                 return reject(400, "more than one Content-Length");
             }
+            length = match parse_length(value) {
+                Some(n) => n,
+                None => return reject(400, "invalid Content-Length"),
+            };
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             if transfer_encodings > 1 || !value.eq_ignore_ascii_case(b"chunked") {
@@ -90,7 +109,19 @@ pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<(), Rejection> {
     if content_lengths > 0 && transfer_encodings > 0 {
         return reject(400, "Content-Length with Transfer-Encoding");
     }
-    Ok(())
+    Ok(if transfer_encodings > 0 {
+        Framing::Chunked
+    } else {
+        Framing::Length(length)
+    })
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no list), at most 19 of them.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Screens what an HTTP/2 request has in place of a raw head.
@@ -124,7 +155,7 @@ fn trim(v: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn check(raw: &str) -> Result<(), Rejection> {
+    fn check(raw: &str) -> Result<Framing, Rejection> {
         screen_head(raw.as_bytes(), &ClientLimits::default())
     }
 
@@ -134,14 +165,17 @@ mod tests {
 
     #[test]
     fn ordinary_heads_pass() {
-        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Framing::Length(0))
+        );
         assert_eq!(
             check("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"),
-            Ok(())
+            Ok(Framing::Length(5))
         );
         assert_eq!(
             check("POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n"),
-            Ok(())
+            Ok(Framing::Chunked)
         );
     }
 
@@ -197,5 +231,22 @@ mod tests {
         assert_eq!(screen_parsed(17, 1, &limits).unwrap_err().status, 414);
         assert_eq!(screen_parsed(1, 4, &limits).unwrap_err().status, 431);
         assert_eq!(screen_parsed(16, 3, &limits), Ok(()));
+    }
+
+    #[test]
+    fn content_length_must_be_plain_digits() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"18446744073709551615"), None);
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in ["", "+3", "-1", "3 ", "0x10", "1e3"] {
+            assert_eq!(parse_length(bad.as_bytes()), None, "{bad:?}");
+        }
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n"),
+            400
+        );
     }
 }

@@ -224,11 +224,119 @@ async fn upgrade_h2c_is_never_forwarded() {
     assert!(!head.contains("http2-settings"), "{head}");
 }
 
+const WS_UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// `shop` in front of an upstream that refuses every upgrade (403) and answers
+/// anything else with 200.
+async fn upgrade_refusing_setup() -> (ScriptedUpstream, Slotd) {
+    let up = ScriptedUpstream::start(|s| {
+        if s.path == "/ws" {
+            Reply::Bytes(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec())
+        } else {
+            ok("fine")
+        }
+    })
+    .await;
+    let slotd = Slotd::start(&support::shop_app(
+        std::slice::from_ref(&up.address),
+        &[],
+        "",
+    ))
+    .await;
+    (up, slotd)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bytes_pipelined_after_an_upgrade_request_are_never_taken_for_a_request() {
-    // The upstream refuses the upgrade, so no tunnel opens.
-    let up = ScriptedUpstream::start(|_| {
-        Reply::Bytes(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec())
+async fn bytes_pipelined_after_an_upgrade_request_get_400_and_never_reach_the_upstream() {
+    let (up, slotd) = upgrade_refusing_setup().await;
+    // A request smuggled behind an upgrade, as the first request of a connection.
+    let smuggled = format!("{WS_UPGRADE}GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    refused(&slotd, &up, &smuggled, 400).await;
+    // Early WebSocket frame bytes count too: the upstream has not agreed yet.
+    refused(&slotd, &up, &format!("{WS_UPGRADE}\u{81}\u{1}x"), 400).await;
+
+    // The same behind an ordinary request with a body on the same connection: the
+    // first is answered, the upgrade is refused and nothing else reaches the upstream.
+    let behind = format!(
+        "POST /form HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nhello{smuggled}"
+    );
+    let before = up.seen().len();
+    let resp = exchange(
+        &slotd.proxy.to_string(),
+        &[behind.as_bytes()],
+        Duration::ZERO,
+        WAIT,
+    )
+    .await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert_eq!(resp.responses(), 2, "{resp:?}");
+    assert!(resp.text.contains("HTTP/1.1 400"), "{resp:?}");
+    assert!(resp.closed, "{resp:?}");
+    let paths: Vec<String> = up.seen()[before..].iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths, ["/form"]);
+    assert_eq!(
+        metric_value(
+            &slotd.metrics().await,
+            "slotd_rejected_requests_total{status=\"400\"}"
+        ),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_request_with_nothing_after_it_is_forwarded() {
+    let (up, slotd) = upgrade_refusing_setup().await;
+    // Alone, the upstream's refusal comes back (and the connection stays HTTP/1.1).
+    let proxy = slotd.proxy.to_string();
+    let brief = Duration::from_millis(500);
+    let resp = exchange(&proxy, &[WS_UPGRADE.as_bytes()], Duration::ZERO, brief).await;
+    assert_eq!(resp.status(), Some(403), "{resp:?}");
+    assert_eq!(resp.responses(), 1, "{resp:?}");
+
+    // Pipelined behind an ordinary request, the upgrade is the last thing sent.
+    let behind = format!("GET /first HTTP/1.1\r\nHost: shop.test\r\n\r\n{WS_UPGRADE}");
+    let resp = exchange(&proxy, &[behind.as_bytes()], Duration::ZERO, brief).await;
+    assert_eq!(resp.status(), Some(200), "{resp:?}");
+    assert!(resp.text.contains("HTTP/1.1 403"), "{resp:?}");
+
+    // A client that half-closes after its request: its FIN is not a byte, so the
+    // request is forwarded. (Whether the answer still reaches it is a race with
+    // Pingora taking the FIN for an abort.)
+    let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();
+    stream.write_all(WS_UPGRADE.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let resp = read_all(&mut stream, WAIT).await;
+    assert!(
+        resp.status() == Some(403) || resp.text.is_empty(),
+        "{resp:?}"
+    );
+
+    let paths = eventually(WAIT, "the upgrade sent before a FIN is forwarded", || {
+        let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
+        async move { (paths.len() == 4).then_some(paths) }
+    })
+    .await;
+    assert_eq!(paths, ["/ws", "/first", "/ws", "/ws"]);
+    let metrics = slotd.metrics().await;
+    let refused =
+        support::try_metric_value(&metrics, "slotd_rejected_requests_total{status=\"400\"}");
+    assert_eq!(refused.unwrap_or(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_after_a_refused_upgrade_was_forwarded_are_never_taken_for_a_request() {
+    // The upstream takes its time to refuse, and the client sends more meanwhile: too
+    // late to keep the upgrade request from the upstream, but the bytes are refused
+    // as they arrive and no request is read from them.
+    let up = ScriptedUpstream::start(|s| {
+        if s.path == "/ws" {
+            Reply::Parts(vec![(
+                Duration::from_secs(2),
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec(),
+            )])
+        } else {
+            ok("fine")
+        }
     })
     .await;
     let slotd = Slotd::start(&support::shop_app(
@@ -239,12 +347,15 @@ async fn bytes_pipelined_after_an_upgrade_request_are_never_taken_for_a_request(
     .await;
     let resp = exchange(
         &slotd.proxy.to_string(),
-        &[b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n"],
-        Duration::ZERO,
+        &[
+            WS_UPGRADE.as_bytes(),
+            b"GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        ],
+        Duration::from_millis(100),
         WAIT,
     )
     .await;
-    assert_eq!(resp.status(), Some(403), "{resp:?}");
+    assert_eq!(resp.status(), Some(400), "{resp:?}");
     assert_eq!(resp.responses(), 1, "{resp:?}");
     assert!(resp.closed, "{resp:?}");
     let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
