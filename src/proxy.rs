@@ -514,10 +514,16 @@ impl ProxyHttp for SlotProxy {
         Ok(())
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        // A refused request is the client's doing: debug level, not an error per request.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // A refused request, a client that went away or broke the protocol mid-request
+        // is the client's doing: debug level (the access log has the request), not an
+        // error line per request that any client could flood the log with.
         if let Some(reason) = ctx.rejection {
             tracing::debug!(reason, "request refused");
+            return true;
+        }
+        if error.esource() == &ErrorSource::Downstream {
+            tracing::debug!(error = %error, "request ended by the client");
             return true;
         }
         false

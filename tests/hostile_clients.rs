@@ -360,6 +360,13 @@ async fn bytes_sent_after_a_refused_upgrade_was_forwarded_are_never_taken_for_a_
     assert!(resp.closed, "{resp:?}");
     let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(paths, ["/ws"]);
+    // The client's doing: no error line in the log for it.
+    let log = slotd.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("Fail to proxy")),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
