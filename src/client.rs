@@ -262,15 +262,37 @@ pub fn print_app(app: &Value) -> String {
         &["SLOT", "HOSTS", "VERSION", "DEPLOYMENT", "INSTANCES"],
         &rows,
     ));
-    if let Some(p) = app["current_swap"].as_object() {
+    let name = s(&app["name"]);
+    if let Some(rules) = app["routing"]["rules"].as_array().filter(|r| !r.is_empty()) {
+        let shares: Vec<String> = rules
+            .iter()
+            .map(|r| format!("{} {}%", s(&r["slot"]), r["percent"]))
+            .collect();
         out.push_str(&format!(
-            "swap {} of {} into {} is waiting in preview: `slotd swap complete --app {}` or `slotd swap cancel --app {}`\n",
+            "testing in production: new visitors of production go to {} (pin generation {}); `slotd route --app {name} --slot SLOT --remove` ends it\n",
+            shares.join(", "),
+            app["routing"]["pin_generation"]
+        ));
+    }
+    if let Some(p) = app["current_swap"].as_object() {
+        let what = format!(
+            "swap {} of {} into {}",
             s(&p["id"]),
             s(&p["source"]),
-            s(&p["target"]),
-            s(&app["name"]),
-            s(&app["name"])
-        ));
+            s(&p["target"])
+        );
+        if p["state"] == "preview" {
+            out.push_str(&format!(
+                "{what} is waiting in preview: `slotd swap complete --app {name}` or `slotd swap cancel --app {name}`\n"
+            ));
+        } else {
+            let phase = p["phases"]
+                .as_array()
+                .and_then(|ph| ph.last())
+                .map(|ph| format!(" (last finished phase: {})", s(&ph["name"])))
+                .unwrap_or_default();
+            out.push_str(&format!("{what} is running{phase}\n"));
+        }
     }
     out
 }
@@ -315,7 +337,7 @@ pub fn print_swap(rec: &Value) -> String {
     out
 }
 
-/// `slotd history`.
+/// `slotd route`: an app's routing rules.
 pub fn print_routing(v: &Value) -> String {
     let rules = v["rules"].as_array().cloned().unwrap_or_default();
     let mut out = if rules.is_empty() {
@@ -454,11 +476,48 @@ fn diff_lines(out: &mut String, what: &str, before: &Value, after: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn tables_align_columns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn status_shows_routing_rules_and_the_swap_in_progress() {
+        let mut app = json!({
+            "name": "shop",
+            "slots": [{"name": "production", "hosts": ["shop.test"],
+                       "deployment": {"version": "v1", "id": "d1",
+                                      "instances": [{"address": "127.0.0.1:1", "healthy": true}]}}],
+            "routing": {"rules": [], "pin_generation": 0},
+            "current_swap": null,
+        });
+        let plain = print_app(&app);
+        assert!(!plain.contains("testing in production"), "{plain}");
+        assert!(!plain.contains("swap"), "{plain}");
+
+        app["routing"] =
+            json!({"rules": [{"slot": "staging", "percent": 10}], "pin_generation": 2});
+        app["current_swap"] = json!({"id": "s-1", "source": "staging", "target": "production",
+                                     "state": "running", "phases": [{"name": "warmup"}]});
+        let out = print_app(&app);
+        assert!(
+            out.contains("new visitors of production go to staging 10% (pin generation 2)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("swap s-1 of staging into production is running (last finished phase: warmup)"),
+            "{out}"
+        );
+
+        app["current_swap"]["state"] = json!("preview");
+        let out = print_app(&app);
+        assert!(
+            out.contains("is waiting in preview: `slotd swap complete --app shop`"),
+            "{out}"
+        );
     }
 
     #[test]
