@@ -508,7 +508,9 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("swap s-1 of staging into production is running (last finished phase: warmup)"),
+            out.contains(
+                "swap s-1 of staging into production is running (last finished phase: warmup)"
+            ),
             "{out}"
         );
 
