@@ -49,6 +49,12 @@ pub fn screen_head(raw: &[u8], limits: &ClientLimits) -> Result<Framing, Rejecti
     if raw.len() > limits.max_header_size {
         return reject(431, "request head larger than max_header_size");
     }
+    // Empty lines (CRLF) before the request line are ignored (RFC 9112 §2.2); they
+    // are part of the head Pingora read.
+    let mut raw = raw;
+    while let Some(rest) = raw.strip_prefix(b"\r\n") {
+        raw = rest;
+    }
     let mut lines = raw.split(|&b| b == b'\n').peekable();
     let Some(request_line) = lines.next() else {
         return reject(400, "empty request");
@@ -231,6 +237,17 @@ mod tests {
         assert_eq!(screen_parsed(17, 1, &limits).unwrap_err().status, 414);
         assert_eq!(screen_parsed(1, 4, &limits).unwrap_err().status, 431);
         assert_eq!(screen_parsed(16, 3, &limits), Ok(()));
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        assert_eq!(
+            check("\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"),
+            Ok(Framing::Length(2))
+        );
+        let long = format!("\r\nGET http://a/{} HTTP/1.1\r\n\r\n", "x".repeat(9000));
+        assert_eq!(status(&long), 414);
+        assert_eq!(status("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
     }
 
     #[test]
