@@ -143,9 +143,11 @@ pub fn request_wire_end(head_len: usize, framing: Framing) -> Option<u64> {
 
 /// Whether the client has sent any byte beyond offset `end` of its connection, read
 /// by the proxy already or still waiting in the socket: the kernel's count of bytes
-/// received (`TCP_INFO`) says so without reading them. A FIN the client sent after
-/// its last byte is not a byte. False when the count cannot be had.
-pub fn sent_beyond(stream: &Stream, end: u64) -> bool {
+/// received (`TCP_INFO`) says so without reading them. That count includes the
+/// client's FIN, which is not a byte: one byte over is taken for a FIN when the
+/// socket holds nothing more, or, for a request with a body (`body_unread` may still
+/// be in the socket), always. False when the count cannot be had.
+pub fn sent_beyond(stream: &Stream, end: u64, body_unread: bool) -> bool {
     let fd = stream.id();
     let Ok(info) = pingora::protocols::l4::ext::get_tcp_info(fd) else {
         return false;
@@ -157,7 +159,10 @@ pub fn sent_beyond(stream: &Stream, end: u64) -> bool {
     if received - end > 1 {
         return true;
     }
-    // One byte more: the client's FIN, if the socket holds nothing but it.
+    if body_unread {
+        return false;
+    }
+    // The head was read whole, so the socket holds only what came after it.
     let mut probe = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     !matches!(nix::sys::socket::recv(fd, &mut probe, flags), Ok(0))

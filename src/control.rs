@@ -199,8 +199,8 @@ impl ControlPlane {
     /// that changed it, and publishes its routing table. Used at start-up, and after
     /// a zero-downtime upgrade once the previous process has let go of the admin API.
     pub async fn reload_state(&self, recover: bool) -> Result<(), StartError> {
-        let config = self.config();
         let mut state = self.state.lock().await;
+        let config = self.config();
         let stored = self.store.load().await?;
         let (mut loaded, mut changed) =
             state::reconcile(&config, stored).map_err(|errors| StartError::Mismatch {
@@ -409,11 +409,14 @@ impl ControlPlane {
         routing_changes: bool,
         change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
+        // The config is read under the state lock: a reload swaps config and state
+        // together while it holds the lock, and a change that waited for it must build
+        // its table from the config that is current then, not from the one before.
+        let mut state = self.state.lock().await;
         let config = self.config();
         let app_config = config
             .app(app)
             .ok_or_else(|| OpError::UnknownApp(app.to_string()))?;
-        let mut state = self.state.lock().await;
         let mut next = state.clone();
         let out = change(app_config, next.apps.entry(app.to_string()).or_default())?;
         let table = if routing_changes {
@@ -572,4 +575,119 @@ fn validate_instances(instances: &[String]) -> Result<(), OpError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::model::State;
+
+    /// A store in memory whose writes wait while the test holds `gate`.
+    struct GatedStore {
+        stored: Mutex<Option<State>>,
+        gate: Arc<tokio::sync::RwLock<()>>,
+        waiting: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl StateStore for GatedStore {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+
+        async fn load(&self) -> Result<Option<State>, StateError> {
+            Ok(self.stored.lock().unwrap().clone())
+        }
+
+        async fn save(&self, state: &State, _changed_app: &str) -> Result<(), StateError> {
+            self.waiting.store(true, Ordering::SeqCst);
+            let _open = self.gate.read().await;
+            self.waiting.store(false, Ordering::SeqCst);
+            *self.stored.lock().unwrap() = Some(state.clone());
+            Ok(())
+        }
+    }
+
+    const ONE_SLOT: &str = r#"
+[admin]
+insecure_no_auth = true
+[[app]]
+name = "shop"
+[[app.slot]]
+name = "production"
+hosts = ["shop.test"]
+instances = ["127.0.0.1:9"]
+version = "v1"
+"#;
+
+    /// Yields to the other tasks of this current-thread runtime until `done`.
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the other task never got there");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_change_that_waited_for_a_reload_builds_on_the_reloaded_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slotd.toml");
+        std::fs::write(&file, ONE_SLOT).unwrap();
+        let config = crate::config::load(&file).unwrap();
+        let gate = Arc::new(tokio::sync::RwLock::new(()));
+        let waiting = Arc::new(AtomicBool::new(false));
+        let store = GatedStore {
+            stored: Mutex::new(None),
+            gate: gate.clone(),
+            waiting: waiting.clone(),
+        };
+        let cp = ControlPlane::start(config, Box::new(store), Arc::new(Metrics::new()), true)
+            .await
+            .unwrap();
+
+        // The reload adds a slot, so it writes the state: hold it there, with the
+        // state lock taken.
+        let with_staging = format!(
+            "{ONE_SLOT}[[app.slot]]\nname = \"staging\"\nhosts = [\"staging.test\"]\ninstances = [\"127.0.0.1:10\"]\nversion = \"v2\"\n"
+        );
+        std::fs::write(&file, with_staging).unwrap();
+        let closed = gate.write().await;
+        let reload = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.reload().await }
+        });
+        until(|| waiting.load(Ordering::SeqCst)).await;
+        // A routing change arrives meanwhile and waits for the state lock.
+        let change = tokio::spawn({
+            let cp = cp.clone();
+            async move {
+                cp.commit("shop", |_, st| {
+                    st.pin_generation += 1;
+                    Ok(())
+                })
+                .await
+            }
+        });
+        until(|| cp.state.try_lock().is_err()).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        drop(closed);
+        reload.await.unwrap().unwrap();
+        change.await.unwrap().unwrap();
+
+        let table = cp.routing().load_full();
+        assert!(
+            table.route(b"staging.test").is_some(),
+            "the table published last lost the reloaded slot"
+        );
+        assert_eq!(cp.state().await.apps["shop"].pin_generation, 1);
+    }
 }

@@ -274,7 +274,14 @@ impl ProxyHttp for SlotProxy {
                     // there are either a smuggled request or data for a protocol the
                     // upstream has not agreed to yet.
                     match end {
-                        Some(end) if upgrade && conn::sent_beyond(h1.stream(), end) => {
+                        Some(end)
+                            if upgrade
+                                && conn::sent_beyond(
+                                    h1.stream(),
+                                    end,
+                                    framing != screen::Framing::Length(0),
+                                ) =>
+                        {
                             Err(screen::Rejection {
                                 status: 400,
                                 reason: "bytes sent after an Upgrade request before its answer",
