@@ -166,16 +166,18 @@ impl BackgroundService for HealthChecker {
                     continue;
                 };
                 let at = *due.entry(app.name.clone()).or_insert(now);
-                if at <= now && !busy.values().any(|a| *a == app.name) {
+                if at > now {
+                    next = next.min(at);
+                } else if !busy.values().any(|a| *a == app.name) {
                     due.insert(app.name.clone(), now + ac.interval);
                     next = next.min(now + ac.interval);
                     let (cp, name, ac, limit) =
                         (self.cp.clone(), app.name.clone(), ac.clone(), limit.clone());
                     let task = running.spawn(round(cp, name, ac, limit));
                     busy.insert(task.id(), app.name.clone());
-                } else {
-                    next = next.min(at.max(now + Duration::from_millis(10)));
                 }
+                // Else its last round is still running past the interval: the loop
+                // wakes when that round ends, and starts the next one then.
             }
             tokio::select! {
                 _ = shutdown.changed() => break,

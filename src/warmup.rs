@@ -135,7 +135,8 @@ async fn warm_instance(address: String, plan: &WarmupPlan, deadline: Instant) ->
 }
 
 /// One `GET path` on a fresh connection to `address` (warm-up and health checks);
-/// the status it got once the whole body was read. The caller bounds its time.
+/// the status it got once the whole body was read (and dropped). The caller bounds
+/// its time.
 pub(crate) async fn get_status(
     address: &str,
     path: &str,
@@ -166,10 +167,12 @@ pub(crate) async fn get_status(
             .await
             .map_err(|e| format!("request failed: {e}"))?;
         let status = resp.status().as_u16();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("answered {status} but the body failed: {e}"))?;
+        // Read to the end, frame by frame, keeping nothing: an instance that answers
+        // with a huge body costs time (bounded by the caller), not memory.
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|e| format!("answered {status} but the body failed: {e}"))?;
+        }
         Ok(status)
     };
     tokio::pin!(exchange);
