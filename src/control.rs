@@ -391,7 +391,7 @@ impl ControlPlane {
         app: &str,
         change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
-        self.commit_inner(app, true, change).await
+        self.commit_inner(app, true, false, change).await
     }
 
     /// Like [`Self::commit`] for changes that do not affect routing (history, preview).
@@ -400,13 +400,27 @@ impl ControlPlane {
         app: &str,
         change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
-        self.commit_inner(app, false, change).await
+        self.commit_inner(app, false, false, change).await
+    }
+
+    /// Records the end of an operation (a swap that failed or finished) that must not
+    /// stay open in memory when the store cannot be written: the change is kept in
+    /// memory even then, and returns the store's error. What the store still holds
+    /// (a `running` swap) is closed by the next start ([`state::recover_interrupted`])
+    /// unless a later write stores the memory first. Never changes routing.
+    pub async fn commit_outcome<T>(
+        &self,
+        app: &str,
+        change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
+    ) -> Result<T, OpError> {
+        self.commit_inner(app, false, true, change).await
     }
 
     async fn commit_inner<T>(
         &self,
         app: &str,
         routing_changes: bool,
+        keep_unsaved: bool,
         change: impl FnOnce(&AppConfig, &mut AppState) -> Result<T, OpError>,
     ) -> Result<T, OpError> {
         // The config is read under the state lock: a reload swaps config and state
@@ -426,7 +440,12 @@ impl ControlPlane {
             None
         };
         if let Err(e) = self.save(&next, app).await {
-            tracing::error!(app, error = %e, "state store write failed; nothing changed");
+            if keep_unsaved {
+                tracing::error!(app, error = %e, "state store write failed; the change is kept in memory only");
+                *state = next;
+            } else {
+                tracing::error!(app, error = %e, "state store write failed; nothing changed");
+            }
             return Err(OpError::Store(e));
         }
         *state = next;

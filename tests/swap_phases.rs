@@ -717,3 +717,61 @@ async fn instances_may_be_hostnames_resolved_before_the_table_is_built() {
     assert_eq!(rec["state"], "completed", "{rec}");
     assert_eq!(slotd.who_serves("shop.test").await, "purple-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_whose_outcome_cannot_be_stored_ends_instead_of_staying_running() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let slotd = Slotd::start(&shop_app(
+        &[blue.address()],
+        &[green.address()],
+        "[app.warmup]\npath = \"/slow?ms=1500\"\ntimeout = \"10s\"\nrequest_timeout = \"5s\"",
+    ))
+    .await;
+    let state = slotd.state_path();
+    let swap = slotd.admin(
+        "POST",
+        "/v1/apps/shop/swap",
+        Some(json!({"source": "staging", "preview": true})),
+    );
+    // While the warm-up runs, the store stops taking writes (a folder is in the way
+    // of the state file), so the preview cannot be recorded.
+    let break_store = async {
+        eventually(Duration::from_secs(5), "the swap to be running", || async {
+            let (_, app) = slotd.admin("GET", "/v1/apps/shop", None).await;
+            (app["current_swap"]["state"] == "running").then_some(())
+        })
+        .await;
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(state.join("in-the-way"), "").unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(swap, break_store);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "state_store_unavailable", "{body}");
+
+    // It is not left running: nothing waits in preview, and the history says why.
+    let (_, app) = slotd.admin("GET", "/v1/apps/shop", None).await;
+    assert!(app["current_swap"].is_null(), "{app}");
+    let (status, err) = slotd
+        .admin("POST", "/v1/apps/shop/swap/complete", None)
+        .await;
+    assert_eq!(status, 409, "{err}");
+    let (_, history) = slotd.admin("GET", "/v1/apps/shop/swaps", None).await;
+    let last = &history["swaps"][0];
+    assert_eq!(last["state"], "failed", "{history}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("the preview could not be recorded"),
+        "{history}"
+    );
+    assert!(slotd.who_serves("shop.test").await.starts_with("blue"));
+
+    // Once the store takes writes again, the next swap runs.
+    std::fs::remove_dir_all(&state).unwrap();
+    let rec = slotd.swap("staging").await;
+    assert_eq!(rec["state"], "completed", "{rec}");
+    assert!(slotd.who_serves("shop.test").await.starts_with("green"));
+}

@@ -307,12 +307,18 @@ async fn run_swap(
         if req.preview {
             rec.state = SwapState::Preview;
             let pending = rec.clone();
-            cp.commit_without_routing(app, |_, st| {
-                st.count_swap(&pending.id);
-                st.pending_swap = Some(pending);
-                Ok(())
-            })
-            .await?;
+            let waiting = cp
+                .commit_without_routing(app, |_, st| {
+                    st.count_swap(&pending.id);
+                    st.pending_swap = Some(pending);
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = waiting {
+                // It cannot wait in preview: it ends here, failed, routing unchanged.
+                fail(cp, rec, format!("the preview could not be recorded: {e}")).await;
+                return Err(e);
+            }
             tracing::info!("swap waits in preview: complete or cancel it");
             return Ok(rec);
         }
@@ -367,6 +373,13 @@ async fn pending(
             "nothing to {verb}: no swap of app `{app}` is waiting in preview"
         ))
     })?;
+    if rec.state != SwapState::Preview {
+        return Err(OpError::Conflict(format!(
+            "nothing to {verb}: swap {} of app `{app}` is {}, not waiting in preview; wait for it to finish",
+            rec.id,
+            rec.state.as_str()
+        )));
+    }
     Ok((config, st, rec))
 }
 
@@ -437,8 +450,9 @@ async fn switch_and_settle(
         let why = e.to_string();
         rec.phases.push(phase.finish(false, why.clone()));
         if matches!(e, OpError::Store(_)) {
-            // Nothing was written: the swap did not happen and no record can be kept.
-            cp.metrics().swap_finished(app, "failed");
+            // Nothing was written and routing is unchanged: the swap ends, failed
+            // (kept in memory at least), and the caller hears of the store.
+            fail(cp, rec, why).await;
             return Err(e);
         }
         return Ok(fail(cp, rec, why).await);
@@ -477,7 +491,7 @@ async fn switch_and_settle(
     rec.finished_at = Some(now_rfc3339());
     let done = rec.clone();
     if let Err(e) = cp
-        .commit_without_routing(app, |_, st| {
+        .commit_outcome(app, |_, st| {
             replace_record(st, done);
             Ok(())
         })
@@ -498,7 +512,7 @@ async fn fail(cp: &ControlPlane, mut rec: SwapRecord, why: String) -> SwapRecord
     let done = rec.clone();
     let id = rec.id.clone();
     if let Err(e) = cp
-        .commit_without_routing(&rec.app, |_, st| {
+        .commit_outcome(&rec.app, |_, st| {
             if st.pending_swap.as_ref().is_some_and(|p| p.id == id) {
                 st.pending_swap = None;
             }
