@@ -658,16 +658,20 @@ async fn put_routing(
     let reset_pins = fields.boolean("reset_pins")?;
     fields.finish()?;
     let stored = rules.clone();
-    let generation = state
-        .cp
-        .commit(&app, move |_, st| {
+    let (cp, name) = (state.cp.clone(), app.clone());
+    let generation = detached(async move {
+        cp.commit(&name, move |_, st| {
             st.routing_rules = stored;
             if reset_pins {
-                st.pin_generation += 1;
+                st.pin_generation = st.pin_generation.checked_add(1).ok_or_else(|| {
+                    OpError::Invalid("reset_pins: the pin generation is at its maximum".into())
+                })?;
             }
             Ok(st.pin_generation)
         })
-        .await?;
+        .await
+    })
+    .await?;
     tracing::info!(app, rules = ?rules, reset_pins, pin_generation = generation, "routing rules changed");
     Ok(Json(json!({"rules": rules, "pin_generation": generation})).into_response())
 }

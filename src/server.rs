@@ -138,9 +138,11 @@ pub fn serve(
     on_ready: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<std::convert::Infallible, ServeError> {
     let token = admin_token(&config).map_err(ServeError::Token)?;
-    // A daemon changes its working folder: pin the state file down first.
+    // A daemon changes its working folder: pin the state file down first, and the
+    // config file, which a reload reads again.
     let StateConfig::File { path } = &mut config.state;
     *path = absolute(path);
+    config.file = absolute(&config.file);
     let metrics = Arc::new(Metrics::new());
 
     // The control plane starts on a short-lived runtime: it only reads the store and

@@ -361,3 +361,88 @@ async fn a_reload_waits_for_no_swap_it_is_refused_while_one_runs() {
     let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Stops the daemon whose pid file is `pid_file` when dropped.
+struct Daemon {
+    pid_file: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "INT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_with_a_relative_config_path_can_reload() {
+    // A daemon works from `/`: the config file it reads again must not be looked up
+    // there.
+    let up = Upstream::start("blue-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let write_config = |extra_host: Option<&str>| {
+        let text = support::server_config(
+            proxy,
+            admin,
+            &apps(&up.address(), &up.address(), "production", extra_host, None),
+        );
+        std::fs::write(dir.path().join("slotd.toml"), text).unwrap();
+    };
+    write_config(None);
+    std::fs::write(dir.path().join("admin.token"), support::TOKEN).unwrap();
+    let status = std::process::Command::new(support::slotd_bin())
+        .args(["serve", "--config", "slotd.toml", "--daemon"])
+        .current_dir(dir.path())
+        .env("SLOTD_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let daemon = Daemon {
+        pid_file: dir.path().join("slotd.pid"),
+    };
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{admin}{path}");
+    eventually(Duration::from_secs(10), "the daemon's admin API", || {
+        let req = http.get(url("/healthz")).send();
+        async move { req.await.ok().filter(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(daemon.pid().is_some(), "no pid file");
+
+    write_config(Some("www.shop.test"));
+    let resp = http
+        .post(url("/v1/reload"))
+        .bearer_auth(support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let served = http
+        .get(format!("http://{proxy}/"))
+        .header("host", "www.shop.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+}

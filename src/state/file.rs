@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
@@ -70,7 +71,13 @@ fn write(path: &Path, state: &State) -> Result<(), StateError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state".into());
-    let tmp = folder.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    // A name of its own per write, so that no two writes ever share a temporary file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = folder.join(format!(
+        ".{file_name}.tmp-{}-{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -82,9 +89,16 @@ fn write(path: &Path, state: &State) -> Result<(), StateError> {
         f.sync_all().map_err(|e| fail("fsync failed", e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| fail("rename failed", e))?;
-        File::open(&folder)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail("fsync of the folder failed", e))
+        // Once renamed, the new state is the file's content, whatever follows: an
+        // error now cannot undo the change, so it is reported, not returned.
+        if let Err(e) = File::open(&folder).and_then(|d| d.sync_all()) {
+            tracing::error!(
+                path = %path.display(),
+                error = %e,
+                "state written, but the fsync of its folder failed: the change may not survive a power loss"
+            );
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
