@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -96,6 +96,8 @@ pub struct ControlPlane {
     /// Every table published, while requests still hold it (for the per-generation
     /// gauge).
     published: Mutex<Vec<std::sync::Weak<RoutingTable>>>,
+    /// Set by [`Self::seal`]: no more state writes.
+    sealed: AtomicBool,
 }
 
 /// Held while an operation changes an app; released on drop.
@@ -190,6 +192,7 @@ impl ControlPlane {
             generation: AtomicU64::new(0),
             busy: Mutex::new(HashMap::new()),
             published: Mutex::new(Vec::new()),
+            sealed: AtomicBool::new(false),
         };
         cp.reload_state(recover).await?;
         Ok(Arc::new(cp))
@@ -297,10 +300,24 @@ impl ControlPlane {
 
     /// Writes the state durably, timing the write.
     async fn save(&self, state: &State, changed_app: &str) -> Result<(), StateError> {
+        if self.sealed.load(Ordering::SeqCst) {
+            return Err(StateError::Sealed);
+        }
         let started = Instant::now();
         let saved = self.store.save(state, changed_app).await;
         self.metrics.state_write(started.elapsed(), saved.is_ok());
         saved
+    }
+
+    /// Stores no more state changes from now on, once a change being written has
+    /// been: called when this process stops serving the admin API (shutdown, or a
+    /// hand-over to a new process, which reads the state then and must be its only
+    /// writer). Operations still running here end failed, in memory only; what they
+    /// left on disk is closed by the next owner ([`state::recover_interrupted`]).
+    pub async fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+        drop(self.state.lock().await);
+        tracing::info!("state store sealed: this process makes no more state changes");
     }
 
     /// The table the data plane reads.

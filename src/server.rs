@@ -384,7 +384,7 @@ impl BackgroundService for AdminService {
         {
             ready();
         }
-        serve_admin(listener, self.router.clone(), shutdown).await;
+        serve_admin(listener, self.router.clone(), shutdown, &self.cp).await;
     }
 }
 
@@ -402,6 +402,7 @@ async fn serve_admin(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     mut shutdown: ShutdownWatch,
+    cp: &ControlPlane,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -415,7 +416,12 @@ async fn serve_admin(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Sealed before the admin address is let go: a process taking over
+                // binds it, then reads the state, which nothing here writes again.
+                cp.seal().await;
+                return;
+            }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = ADMIN_MAX_CONNECTIONS, "admin API at its connection limit: closing a new connection");

@@ -269,3 +269,50 @@ async fn a_swap_killed_after_its_switch_happened_and_says_so() {
     assert!(settle["detail"].as_str().unwrap().contains("interrupted"));
     assert!(app(&slotd).await["current_swap"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_still_running_in_a_replaced_process_never_writes_over_the_new_one() {
+    // Green takes 8 s to warm: the swap is still warming in the old process when it
+    // lets go of the admin API (Pingora waits 5 s after SIGQUIT) and the new process
+    // takes over the state; it would switch while the old one drains.
+    let blue = slow_warming("blue", Duration::ZERO).await;
+    let green = slow_warming("green", Duration::from_secs(8)).await;
+    let mut slotd = Slotd::start(&warm_path_app(&blue.address, &green.address)).await;
+    let swap = swap_in_background(&slotd).await;
+    eventually(Duration::from_secs(10), "the swap running", || async {
+        (app(&slotd).await["current_swap"]["state"] == "running").then_some(())
+    })
+    .await;
+
+    let new = slotd.spawn_upgrade();
+    let sock = slotd.dir.path().join("slotd-upgrade.sock");
+    eventually(Duration::from_secs(30), "the upgrade socket", || {
+        let exists = sock.exists();
+        async move { exists.then_some(()) }
+    })
+    .await;
+    slotd.signal("QUIT");
+    let old = slotd.wait_exit(Duration::from_secs(60)).await;
+    assert!(old.success(), "the old process exited with {old}");
+    let _ = swap.await;
+    slotd.adopt(new);
+    assert!(slotd.log().contains("state store sealed"));
+
+    // The new process closed the swap it found running; the old one, sealed, could
+    // not switch behind its back. The state on disk says the same after a restart.
+    for round in ["after the hand-over", "after a restart"] {
+        let (_, history) = eventually(Duration::from_secs(30), "the new admin API", || async {
+            let (status, history) = slotd.admin("GET", "/v1/apps/shop/swaps", None).await;
+            (status == 200).then_some((status, history))
+        })
+        .await;
+        assert_eq!(production(&slotd).await, "blue", "{round}");
+        let last = &history["swaps"][0];
+        assert_eq!(last["state"], "failed", "{round}: {history}");
+        assert!(app(&slotd).await["current_swap"].is_null(), "{round}");
+        if round == "after the hand-over" {
+            slotd.kill();
+            slotd.spawn_and_wait().await;
+        }
+    }
+}

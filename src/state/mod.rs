@@ -28,6 +28,8 @@ pub enum StateError {
     Corrupt { path: PathBuf, reason: String },
     #[error("cannot write the state file {path}: {reason} (check free space and that slotd may write to its folder)")]
     Write { path: PathBuf, reason: String },
+    #[error("this slotd is shutting down or handing over to a new process: it stores no more state changes (make the change on the process that serves now)")]
+    Sealed,
 }
 
 /// Durable storage of [`State`].
