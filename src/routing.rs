@@ -257,6 +257,11 @@ impl Split {
             if i == production || pinnable.iter().any(|(_, j)| *j == i) {
                 continue;
             }
+            // An empty slot (a swap with an empty target emptied it) takes nobody:
+            // its share stays with production and its pins fall back there.
+            if st.deployment(&rule.slot).is_none() {
+                continue;
+            }
             total = (total + u32::from(rule.percent)).min(100);
             if rule.percent > 0 {
                 shares.push((total, i));
@@ -327,7 +332,9 @@ impl Split {
                             .ok()
                             .and_then(|g| g.parse::<u64>().ok()),
                     ),
-                    None => (value, Some(0)),
+                    // A bare `<slot>` is the visitor's own choice (the contract's
+                    // form), not a pin this split made: no generation drops it.
+                    None => (value, Some(self.generation)),
                 };
                 if generation != Some(self.generation) {
                     break; // an old pin: a new visitor
@@ -794,6 +801,8 @@ hosts = ["staging.shop.example.com"]
             percent: 30,
         }];
         shop.pin_generation = 2;
+        let production = shop.deployment("production").cloned();
+        shop.slots.insert("staging".into(), production);
         let split = Split::build(&config.apps[0], shop).expect("rules give a split");
         let (prod, staging) = (0, 1);
         let pick = |q: Option<&str>, c: &[&[u8]], roll| split.choose(q, c, roll);
@@ -809,12 +818,15 @@ hosts = ["staging.shop.example.com"]
         // A current pin wins over the roll and is not set again.
         let pinned = pick(None, &[b"a=1; x-slot-routing-name=staging:2"], 99);
         assert_eq!((pinned.slot, pinned.set_cookie), (staging, None));
-        // An old generation (or none, meaning 0) is a new visitor.
+        // An old generation is a new visitor; a bare slot name is the visitor's own
+        // choice, whatever the generation.
         assert_eq!(
             pick(None, &[b"x-slot-routing-name=staging:1"], 99).slot,
             prod
         );
-        assert_eq!(pick(None, &[b"x-slot-routing-name=staging"], 99).slot, prod);
+        let chosen = pick(None, &[b"x-slot-routing-name=staging"], 99);
+        assert_eq!((chosen.slot, chosen.set_cookie), (staging, None));
+        assert_eq!(pick(None, &[b"x-slot-routing-name=self"], 0).slot, prod);
         // The query wins over everything and sets the pin; unknown names mean production.
         let q = pick(
             Some("x=1&x-slot-routing-name=staging"),
@@ -831,6 +843,22 @@ hosts = ["staging.shop.example.com"]
         // Look-alike cookie names do not count.
         assert_eq!(
             pick(None, &[b"xx-slot-routing-name=staging:2"], 99).slot,
+            prod
+        );
+
+        // Once staging is empty (swapped with an empty slot), it takes nobody.
+        shop.slots.insert("staging".into(), None);
+        let split = Split::build(&config.apps[0], shop).expect("rules give a split");
+        for roll in [0, 29, 99] {
+            assert_eq!(split.choose(None, &[], roll).slot, prod);
+        }
+        let pinned = split.choose(None, &[b"x-slot-routing-name=staging:2"], 0);
+        assert_eq!(pinned.slot, prod);
+        assert!(pinned.set_cookie.is_some());
+        assert_eq!(
+            split
+                .choose(Some("x-slot-routing-name=staging"), &[], 0)
+                .slot,
             prod
         );
     }
