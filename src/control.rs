@@ -279,6 +279,18 @@ impl ControlPlane {
         };
         let restart_required = keep_fixed_settings(&running, &mut next);
         let mut state = self.state.lock().await;
+        // A swap waiting in preview was warmed with the running config's hosts and
+        // headers; `complete` must not switch it under others.
+        if let Some((app, rec)) = state
+            .apps
+            .iter()
+            .find_map(|(name, a)| a.pending_swap.as_ref().map(|p| (name, p)))
+        {
+            return Err(ReloadError::Busy(format!(
+                "app `{app}` has swap {} waiting in preview (warmed with the running config): complete or cancel it, then reload",
+                rec.id
+            )));
+        }
         let (loaded, changed) =
             state::reconcile(&next, Some(state.clone())).map_err(ReloadError::Mismatch)?;
         self.resolve_new_hostnames(&loaded).await;

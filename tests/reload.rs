@@ -325,7 +325,7 @@ async fn a_thousand_apps_load_route_and_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_waits_for_no_swap_it_is_refused_while_one_runs() {
+async fn a_reload_waits_for_no_swap_it_is_refused_while_one_runs_or_waits_in_preview() {
     let blue = Upstream::start("blue-1").await;
     let green = Upstream::start("green-1").await;
     let (b, g) = (blue.address(), green.address());
@@ -358,6 +358,25 @@ async fn a_reload_waits_for_no_swap_it_is_refused_while_one_runs() {
         "{body}"
     );
     assert_eq!(swap.await.unwrap(), 200);
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A swap waiting in preview was warmed with the running config: refused too,
+    // until it is completed or cancelled.
+    let (status, rec) = slotd
+        .admin(
+            "POST",
+            "/v1/apps/shop/swap",
+            Some(serde_json::json!({"source": "staging", "preview": true})),
+        )
+        .await;
+    assert_eq!((status, rec["state"].as_str()), (200, Some("preview")));
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("waiting in preview"), "{body}");
+    let (status, _) = slotd.admin("POST", "/v1/apps/shop/swap/cancel", None).await;
+    assert_eq!(status, 200);
     let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
     assert_eq!(status, 200, "{body}");
 }
