@@ -93,6 +93,13 @@ fn read_app(
             st.path = format!("{app_path}.slot[{}]", n.value);
             if let Err(why) = model::check_name(&n.value) {
                 doc.error(&n.span, &n.key, why, None);
+            } else if n.value == "self" {
+                doc.error(
+                    &n.span,
+                    &n.key,
+                    "`self` cannot name a slot: x-slot-routing-name=self means production",
+                    Some("pick another name".into()),
+                );
             } else if slots.iter().any(|s| s.name == n.value) {
                 doc.error(
                     &n.span,
@@ -386,13 +393,20 @@ fn read_slot(
         }
     }
     let instances = t.strings(doc, "instances").unwrap_or_default();
-    for i in &instances {
+    for (n, i) in instances.iter().enumerate() {
         if let Err(why) = model::check_instance_address(&i.value) {
             doc.error(
                 &i.span,
                 &i.key,
                 why,
                 Some(r#"write host:port, e.g. "127.0.0.1:9001""#.into()),
+            );
+        } else if instances[..n].iter().any(|j| j.value == i.value) {
+            doc.error(
+                &i.span,
+                &i.key,
+                format!("`{}` is listed twice", i.value),
+                Some("list each instance once".into()),
             );
         }
     }
