@@ -98,7 +98,14 @@ pub struct ControlPlane {
     published: Mutex<Vec<std::sync::Weak<RoutingTable>>>,
     /// Set by [`Self::seal`]: no more state writes.
     sealed: AtomicBool,
+    /// Instance hostnames whose lookup failed, and when.
+    unresolved: Mutex<HashMap<String, Instant>>,
 }
+
+/// Longest wait for one instance hostname lookup.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// A hostname whose lookup failed is tried again at the first change after this.
+const RESOLVE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Held while an operation changes an app; released on drop.
 pub struct AppGuard<'a> {
@@ -193,6 +200,7 @@ impl ControlPlane {
             busy: Mutex::new(HashMap::new()),
             published: Mutex::new(Vec::new()),
             sealed: AtomicBool::new(false),
+            unresolved: Mutex::new(HashMap::new()),
         };
         cp.reload_state(recover).await?;
         Ok(Arc::new(cp))
@@ -497,17 +505,39 @@ impl ControlPlane {
             .cloned()
             .collect();
         for name in names {
-            match tokio::net::lookup_host(name.as_str()).await {
-                Ok(mut addrs) => match addrs.next() {
-                    Some(addr) => self.shared.remember_address(&name, addr),
-                    None => {
-                        tracing::warn!(instance = %name, "instance hostname has no address; it takes no traffic")
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(instance = %name, error = %e, "instance hostname does not resolve; it takes no traffic")
+            // Changes wait for these lookups (the state lock is held): a name that
+            // failed lately is not tried again yet, and no lookup takes long.
+            {
+                let failed = self.unresolved.lock().unwrap_or_else(|e| e.into_inner());
+                if failed
+                    .get(&name)
+                    .is_some_and(|at| at.elapsed() < RESOLVE_RETRY_AFTER)
+                {
+                    continue;
                 }
             }
+            let lookup =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.as_str()));
+            let why = match lookup.await {
+                Ok(Ok(mut addrs)) => match addrs.next() {
+                    Some(addr) => {
+                        self.shared.remember_address(&name, addr);
+                        self.unresolved
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&name);
+                        continue;
+                    }
+                    None => "it has no address".to_string(),
+                },
+                Ok(Err(e)) => format!("it does not resolve: {e}"),
+                Err(_) => format!("no answer within {}s", RESOLVE_TIMEOUT.as_secs()),
+            };
+            tracing::warn!(instance = %name, reason = %why, retry_after_s = RESOLVE_RETRY_AFTER.as_secs(), "instance hostname unusable; it takes no traffic");
+            self.unresolved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, Instant::now());
         }
     }
 
@@ -681,6 +711,41 @@ version = "v1"
             tokio::task::yield_now().await;
         }
         panic!("the other task never got there");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hostname_that_does_not_resolve_is_not_looked_up_at_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slotd.toml");
+        let with_name = format!(
+            "{ONE_SLOT}[[app.slot]]\nname = \"staging\"\nhosts = [\"staging.test\"]\ninstances = [\"nowhere.invalid:80\"]\nversion = \"v2\"\n"
+        );
+        std::fs::write(&file, with_name).unwrap();
+        let store = GatedStore {
+            stored: Mutex::new(None),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
+            waiting: Arc::new(AtomicBool::new(false)),
+        };
+        let config = crate::config::load(&file).unwrap();
+        let cp = ControlPlane::start(config, Box::new(store), Arc::new(Metrics::new()), true)
+            .await
+            .unwrap();
+        let failed_at = |cp: &ControlPlane| {
+            cp.unresolved
+                .lock()
+                .unwrap()
+                .get("nowhere.invalid:80")
+                .copied()
+        };
+        let first = failed_at(&cp).expect("the lookup failed and is remembered");
+        cp.commit("shop", |_, st| {
+            st.pin_generation += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(failed_at(&cp), Some(first), "looked up again at once");
+        assert!(cp.shared.address("nowhere.invalid:80").is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]
