@@ -49,6 +49,10 @@ fn read(path: &Path) -> Result<Option<State>, StateError> {
             ),
         });
     }
+    super::check_stored(&state).map_err(|reason| StateError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     Ok(Some(state))
 }
 
@@ -169,5 +173,67 @@ mod tests {
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("state.json is not valid slotd state"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "{not json");
+    }
+
+    #[test]
+    fn hand_edited_states_that_would_break_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let deployment = |id: &str, instances: &[&str]| crate::model::Deployment {
+            id: id.into(),
+            version: "v1".into(),
+            instances: instances.iter().map(|s| s.to_string()).collect(),
+            settings: Default::default(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+        };
+        let with = |edit: &dyn Fn(&mut crate::model::AppState)| {
+            let mut app = crate::model::AppState {
+                next_deployment: 1,
+                ..Default::default()
+            };
+            app.slots.insert(
+                "production".into(),
+                Some(deployment("d1", &["127.0.0.1:9001"])),
+            );
+            edit(&mut app);
+            let mut state = State {
+                format: STATE_FORMAT,
+                ..State::default()
+            };
+            state.apps.insert("shop".into(), app);
+            fs::write(&path, serde_json::to_string(&state).unwrap()).unwrap();
+            read(&path).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(with(&|_| {}), Ok(()));
+        let cases: [(&dyn Fn(&mut crate::model::AppState), &str); 4] = [
+            (
+                &|a| a.next_swap = u64::MAX,
+                "next_swap is 18446744073709551615",
+            ),
+            (&|a| a.pin_generation = u64::MAX, "pin_generation"),
+            (
+                &|a| {
+                    a.slots
+                        .insert("production".into(), Some(deployment("d1", &[])));
+                },
+                "deployment d1 has no instances",
+            ),
+            (
+                &|a| {
+                    a.slots.insert(
+                        "staging".into(),
+                        Some(deployment("d7", &["127.0.0.1:9002"])),
+                    );
+                },
+                "deployment id `d7` is not one of d1..d1",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let err = with(edit).unwrap_err();
+            assert!(
+                err.contains("is not valid slotd state") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 }

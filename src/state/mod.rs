@@ -46,6 +46,46 @@ pub trait StateStore: Send + Sync {
     async fn save(&self, state: &State, changed_app: &str) -> Result<(), StateError>;
 }
 
+/// Largest sequence number (ids, pin generation) a stored state may hold: far more
+/// than any real use, and far from overflowing.
+const MAX_SEQUENCE: u64 = 1 << 48;
+
+/// Checks what a backend read before it is served: every deployment has instances and
+/// a checkable id, and no sequence number is about to overflow. A hand-edited file
+/// that fails this is refused like a corrupt one.
+pub fn check_stored(state: &State) -> Result<(), String> {
+    for (app, a) in &state.apps {
+        for (name, value) in [
+            ("next_deployment", a.next_deployment),
+            ("next_swap", a.next_swap),
+            ("pin_generation", a.pin_generation),
+        ] {
+            if value > MAX_SEQUENCE {
+                return Err(format!(
+                    "apps.{app}.{name} is {value}, over the largest allowed ({MAX_SEQUENCE})"
+                ));
+            }
+        }
+        for (slot, d) in &a.slots {
+            let Some(d) = d else { continue };
+            if d.instances.is_empty() {
+                return Err(format!(
+                    "apps.{app}.slots.{slot}: deployment {} has no instances",
+                    d.id
+                ));
+            }
+            let seq = d.id.strip_prefix('d').and_then(|n| n.parse::<u64>().ok());
+            if seq.is_none_or(|n| n > a.next_deployment) {
+                return Err(format!(
+                    "apps.{app}.slots.{slot}: deployment id `{}` is not one of d1..d{}",
+                    d.id, a.next_deployment
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens the store the config names.
 pub fn open(config: &Config) -> Box<dyn StateStore> {
     match &config.state {
