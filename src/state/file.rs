@@ -186,7 +186,8 @@ mod tests {
             settings: Default::default(),
             created_at: "2026-01-01T00:00:00.000Z".into(),
         };
-        let with = |edit: &dyn Fn(&mut crate::model::AppState)| {
+        type Edit<'a> = &'a dyn Fn(&mut crate::model::AppState);
+        let with = |edit: Edit| {
             let mut app = crate::model::AppState {
                 next_deployment: 1,
                 ..Default::default()
@@ -205,7 +206,7 @@ mod tests {
             read(&path).map(|_| ()).map_err(|e| e.to_string())
         };
         assert_eq!(with(&|_| {}), Ok(()));
-        let cases: [(&dyn Fn(&mut crate::model::AppState), &str); 4] = [
+        let cases: [(Edit, &str); 4] = [
             (
                 &|a| a.next_swap = u64::MAX,
                 "next_swap is 18446744073709551615",
