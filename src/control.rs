@@ -581,7 +581,7 @@ impl ControlPlane {
 
     /// Puts a new deployment into a slot (`PUT .../deployment`, `slotd deploy`).
     /// The caller holds the app (see [`Self::begin`]). The deployment keeps the
-    /// slot's current non-sticky settings.
+    /// slot's current non-sticky settings (an empty slot's come from its config).
     pub async fn deploy(
         &self,
         _guard: &AppGuard<'_>,
@@ -607,11 +607,20 @@ impl ControlPlane {
             }
         }
         let deployment = self
-            .commit(app, |_, st| {
-                let settings = st
-                    .deployment(slot)
-                    .map(|d| d.settings.clone())
-                    .unwrap_or_default();
+            .commit(app, |app_config, st| {
+                // The slot's current non-sticky settings; for an empty slot, those
+                // its config gives (`[app.slot.settings]`), as for an initial deployment.
+                let settings = match st.deployment(slot) {
+                    Some(d) => d.settings.clone(),
+                    None => app_config
+                        .slot(slot)
+                        .map(|s| {
+                            let mut settings = s.settings.clone();
+                            settings.retain(|k, _| !s.sticky_settings.contains(k));
+                            settings
+                        })
+                        .unwrap_or_default(),
+                };
                 let d = Deployment {
                     id: st.new_deployment_id(),
                     version: version.to_string(),

@@ -775,3 +775,58 @@ async fn a_swap_whose_outcome_cannot_be_stored_ends_instead_of_staying_running()
     assert_eq!(rec["state"], "completed", "{rec}");
     assert!(slotd.who_serves("shop.test").await.starts_with("green"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_deployment_of_an_empty_slot_gets_the_slots_configured_settings() {
+    let blue = Upstream::start("blue-1").await;
+    let green = Upstream::start("green-1").await;
+    let apps = format!(
+        r#"[[app]]
+name = "shop"
+[app.settings_headers]
+FEATURE = "X-Feature"
+
+[[app.slot]]
+name = "production"
+hosts = ["shop.test"]
+instances = ["{blue}"]
+version = "v1"
+
+[[app.slot]]
+name = "staging"
+hosts = ["staging.shop.test"]
+sticky_settings = ["DB_URL"]
+[app.slot.settings]
+FEATURE = "beta"
+DB_URL = "staging-db"
+"#,
+        blue = blue.address()
+    );
+    let slotd = Slotd::start(&apps).await;
+    let (status, body) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/slots/staging/deployment",
+            Some(json!({"version": "v2", "instances": [green.address()]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, v) = slotd
+        .admin("GET", "/v1/apps/shop/slots/staging/settings", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["settings"],
+        json!([
+            {"name": "DB_URL", "value": "staging-db", "sticky": true, "header": null},
+            {"name": "FEATURE", "value": "beta", "sticky": false, "header": "x-feature"},
+        ])
+    );
+    let echo: serde_json::Value = slotd
+        .get("staging.shop.test", "/echo")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["headers"]["x-feature"][0], "beta", "{echo}");
+}
