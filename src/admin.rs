@@ -656,11 +656,29 @@ async fn put_routing(
     let mut fields = object_body(body)?;
     let rules = routing_rules(fields.get("rules"), app_config)?;
     let reset_pins = fields.boolean("reset_pins")?;
+    let expected = match fields.get("expected_rules") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<Vec<RoutingRule>>(v.clone()).map_err(|e| {
+                ApiError::invalid(format!(
+                    "expected_rules: expected the rules as GET /v1/apps/{app} shows them: {e}"
+                ))
+            })?,
+        ),
+    };
     fields.finish()?;
     let stored = rules.clone();
     let (cp, name) = (state.cp.clone(), app.clone());
     let generation = detached(async move {
         cp.commit(&name, move |_, st| {
+            if let Some(expected) = expected {
+                if st.routing_rules != expected {
+                    return Err(OpError::Conflict(format!(
+                        "the routing rules changed since they were read (now {}); read them again and retry",
+                        serde_json::to_string(&st.routing_rules).unwrap_or_default()
+                    )));
+                }
+            }
             st.routing_rules = stored;
             if reset_pins {
                 st.pin_generation = st.pin_generation.checked_add(1).ok_or_else(|| {

@@ -481,15 +481,18 @@ async fn run_client(command: Command) -> Result<(), ClientError> {
             let c = client.client()?;
             let path = format!("/v1/apps/{}", segment(&app));
             let current = c.call(Method::GET, &path, None).await?;
-            let mut rules: Vec<Value> = current["routing"]["rules"]
+            let read: Vec<Value> = current["routing"]["rules"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
+            let mut rules = read.clone();
             rules.retain(|r| r["slot"] != slot.as_str());
             if let (false, Some(p)) = (remove, percent) {
                 rules.push(json!({"slot": slot, "percent": p}));
             }
-            let body = json!({"rules": rules, "reset_pins": reset_pins});
+            // Only if nobody changed the rules since they were read (else 409): two
+            // `slotd route` at once must not drop each other's rule.
+            let body = json!({"rules": rules, "reset_pins": reset_pins, "expected_rules": read});
             let v = c
                 .call(Method::PUT, &format!("{path}/routing"), Some(body))
                 .await?;

@@ -229,4 +229,40 @@ async fn bad_rules_are_refused_and_change_nothing() {
     }
     let (_, app): (u16, Value) = slotd.admin("GET", "/v1/apps/shop", None).await;
     assert_eq!(app["routing"]["rules"], json!([]));
+
+    // A change made against rules that changed meanwhile is refused (409), so two
+    // `slotd route` at once cannot drop each other's rule.
+    let ten = json!([{"slot": "staging", "percent": 10}]);
+    let (status, _) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/routing",
+            Some(json!({"rules": ten, "expected_rules": []})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/routing",
+            Some(json!({"rules": [], "expected_rules": []})),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("changed since they were read"));
+    let (_, app): (u16, Value) = slotd.admin("GET", "/v1/apps/shop", None).await;
+    assert_eq!(app["routing"]["rules"], ten);
+    // The CLI reads, then sends with what it read.
+    let admin = format!("http://{}", slotd.admin);
+    let (code, out, err) = support::run_cli(
+        &["route", "--app", "shop", "--slot", "staging", "--remove"],
+        Some(&admin),
+        Some(support::TOKEN),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, app): (u16, Value) = slotd.admin("GET", "/v1/apps/shop", None).await;
+    assert_eq!(app["routing"]["rules"], json!([]));
 }
