@@ -212,14 +212,14 @@ impl AppState {
     }
 
     pub fn new_deployment_id(&mut self) -> String {
-        self.next_deployment += 1;
+        self.next_deployment = self.next_deployment.saturating_add(1);
         format!("d{}", self.next_deployment)
     }
 
     /// The id the next swap of this app gets (`s1`, `s2`, ...). It is taken once a
     /// record with it is stored ([`Self::record`], [`Self::count_swap`]).
     pub fn upcoming_swap_id(&self) -> String {
-        format!("s{}", self.next_swap + 1)
+        format!("s{}", self.next_swap.saturating_add(1))
     }
 
     /// Marks a swap id as taken.

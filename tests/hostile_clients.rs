@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::raw::{exchange, ok, read_all, Reply, ScriptedUpstream};
 use support::{eventually, metric_value, Slotd};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -305,18 +305,32 @@ async fn bytes_pipelined_after_an_upgrade_request_get_400_and_never_reach_the_up
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_request_with_nothing_after_it_is_forwarded() {
     let (up, slotd) = upgrade_refusing_setup().await;
+    // Sends `raw` and reads until `n` answers have begun (the connection stays open
+    // after a refused upgrade).
+    let answers = |raw: String, n: usize| async move {
+        let mut stream = tokio::net::TcpStream::connect(slotd.proxy).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut text = String::new();
+        while text.matches("HTTP/1.1 ").count() < n {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(k)) if k > 0 => text.push_str(&String::from_utf8_lossy(&chunk[..k])),
+                _ => break,
+            }
+        }
+        text
+    };
     // Alone, the upstream's refusal comes back (and the connection stays HTTP/1.1).
-    let proxy = slotd.proxy.to_string();
-    let brief = Duration::from_millis(500);
-    let resp = exchange(&proxy, &[WS_UPGRADE.as_bytes()], Duration::ZERO, brief).await;
-    assert_eq!(resp.status(), Some(403), "{resp:?}");
-    assert_eq!(resp.responses(), 1, "{resp:?}");
+    let text = answers(WS_UPGRADE.to_string(), 1).await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
 
     // Pipelined behind an ordinary request, the upgrade is the last thing sent.
     let behind = format!("GET /first HTTP/1.1\r\nHost: shop.test\r\n\r\n{WS_UPGRADE}");
-    let resp = exchange(&proxy, &[behind.as_bytes()], Duration::ZERO, brief).await;
-    assert_eq!(resp.status(), Some(200), "{resp:?}");
-    assert!(resp.text.contains("HTTP/1.1 403"), "{resp:?}");
+    let text = answers(behind, 2).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 403"), "{text}");
 
     // A client that half-closes after its request: its FIN is not a byte, so the
     // request is forwarded. (Whether the answer still reaches it is a race with
@@ -377,8 +391,10 @@ async fn bytes_sent_after_a_refused_upgrade_was_forwarded_are_never_taken_for_a_
     assert_eq!(resp.status(), Some(400), "{resp:?}");
     assert_eq!(resp.responses(), 1, "{resp:?}");
     assert!(resp.closed, "{resp:?}");
+    // Normally the upgrade was forwarded before the bytes came; on a slow machine the
+    // check may already see them and refuse it whole. Never is a request read.
     let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
-    assert_eq!(paths, ["/ws"]);
+    assert!(paths.is_empty() || paths == ["/ws"], "{paths:?}");
     // The client's doing: no error line in the log for it.
     let log = slotd.log();
     assert!(

@@ -272,19 +272,34 @@ async fn a_swap_killed_after_its_switch_happened_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_still_running_in_a_replaced_process_never_writes_over_the_new_one() {
-    // Green takes 8 s to warm: the swap is still warming in the old process when it
+    // Green takes 12 s to warm: the swap is still warming in the old process when it
     // lets go of the admin API (Pingora waits 5 s after SIGQUIT) and the new process
-    // takes over the state; it would switch while the old one drains.
+    // takes over the state; it then tries to switch while the old one drains (for up
+    // to 30 s here, so the attempt surely happens before it exits).
     let blue = slow_warming("blue", Duration::ZERO).await;
-    let green = slow_warming("green", Duration::from_secs(8)).await;
-    let mut slotd = Slotd::start(&warm_path_app(&blue.address, &green.address)).await;
+    let green = slow_warming("green", Duration::from_secs(12)).await;
+    let mut slotd = Slotd::start_with_proxy(
+        "shutdown_grace = \"30s\"",
+        &warm_path_app(&blue.address, &green.address),
+    )
+    .await;
     let swap = swap_in_background(&slotd).await;
     eventually(Duration::from_secs(10), "the swap running", || async {
         (app(&slotd).await["current_swap"]["state"] == "running").then_some(())
     })
     .await;
 
-    let new = slotd.spawn_upgrade();
+    // Killed if the test fails before it takes over.
+    struct Orphan(Option<std::process::Child>);
+    impl Drop for Orphan {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut new = Orphan(Some(slotd.spawn_upgrade()));
     let sock = slotd.dir.path().join("slotd-upgrade.sock");
     eventually(Duration::from_secs(30), "the upgrade socket", || {
         let exists = sock.exists();
@@ -292,10 +307,25 @@ async fn a_swap_still_running_in_a_replaced_process_never_writes_over_the_new_on
     })
     .await;
     slotd.signal("QUIT");
-    let old = slotd.wait_exit(Duration::from_secs(60)).await;
-    assert!(old.success(), "the old process exited with {old}");
+    // The old process's switch is refused: it stores no more state.
+    eventually(
+        Duration::from_secs(40),
+        "the old process's switch refused",
+        || {
+            let log = slotd.log();
+            async move {
+                log.lines()
+                    .any(|l| {
+                        l.contains("swap failed") && l.contains("handing over to a new process")
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    slotd.kill();
     let _ = swap.await;
-    slotd.adopt(new);
+    slotd.adopt(new.0.take().expect("the new process"));
     assert!(slotd.log().contains("state store sealed"));
 
     // The new process closed the swap it found running; the old one, sealed, could

@@ -725,7 +725,7 @@ async fn a_swap_whose_outcome_cannot_be_stored_ends_instead_of_staying_running()
     let slotd = Slotd::start(&shop_app(
         &[blue.address()],
         &[green.address()],
-        "[app.warmup]\npath = \"/slow?ms=1500\"\ntimeout = \"10s\"\nrequest_timeout = \"5s\"",
+        "[app.warmup]\npath = \"/slow?ms=3000\"\ntimeout = \"10s\"\nrequest_timeout = \"5s\"",
     ))
     .await;
     let state = slotd.state_path();

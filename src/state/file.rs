@@ -206,12 +206,32 @@ mod tests {
             read(&path).map(|_| ()).map_err(|e| e.to_string())
         };
         assert_eq!(with(&|_| {}), Ok(()));
-        let cases: [(Edit, &str); 4] = [
+        let cases: [(Edit, &str); 5] = [
             (
                 &|a| a.next_swap = u64::MAX,
                 "next_swap is 18446744073709551615",
             ),
             (&|a| a.pin_generation = u64::MAX, "pin_generation"),
+            (
+                &|a| {
+                    a.history.push(crate::model::SwapRecord {
+                        id: "s18446744073709551615".into(),
+                        app: "shop".into(),
+                        source: "staging".into(),
+                        target: "production".into(),
+                        state: crate::model::SwapState::Completed,
+                        trigger: crate::model::SwapTrigger::Api,
+                        rollback_of: None,
+                        started_at: String::new(),
+                        finished_at: None,
+                        phases: Vec::new(),
+                        error: None,
+                        source_deployment: None,
+                        target_deployment: None,
+                    })
+                },
+                "swap id `s18446744073709551615`",
+            ),
             (
                 &|a| {
                     a.slots

@@ -66,6 +66,15 @@ pub fn check_stored(state: &State) -> Result<(), String> {
                 ));
             }
         }
+        for rec in a.history.iter().chain(a.pending_swap.as_ref()) {
+            let seq = rec.id.strip_prefix('s').and_then(|n| n.parse::<u64>().ok());
+            if seq.is_none_or(|n| n > MAX_SEQUENCE) {
+                return Err(format!(
+                    "apps.{app}: swap id `{}` is not s1..s{MAX_SEQUENCE}",
+                    rec.id
+                ));
+            }
+        }
         for (slot, d) in &a.slots {
             let Some(d) = d else { continue };
             if d.instances.is_empty() {
