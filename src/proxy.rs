@@ -57,8 +57,11 @@ pub struct RequestCtx {
     failed: Vec<usize>,
     /// Retries made so far (bounded by the app's `retries`).
     retries: u32,
-    /// The upstream answered with a response head.
+    /// The upstream answered with a final response head (or a `101`).
     answered: bool,
+    /// The connection was upgraded (`101`): what flows now is not a request body
+    /// or a response, and no request timeout or body limit applies to it.
+    upgraded: bool,
     /// Why the proxy answered 503 itself, for the body.
     unavailable: &'static str,
     /// The host the request is for, as sent (see [`request_host`]).
@@ -195,14 +198,15 @@ pub fn prepare_upstream_request(
         upstream.insert_header("X-Forwarded-Host", host.clone())?;
     }
     if let Some(ip) = client {
-        let prev = upstream
-            .headers
-            .get("x-forwarded-for")
-            .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty());
-        let mut xff = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
-        if let Some(prev) = prev {
-            xff.extend_from_slice(prev);
+        // Every X-Forwarded-For line the client sent, in order, then the client.
+        let prev = upstream.headers.get_all("x-forwarded-for");
+        let mut xff = BytesMut::with_capacity(prev.iter().map(|p| p.len() + 2).sum::<usize>() + 39);
+        for p in prev
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .filter(|v| !v.is_empty())
+        {
+            xff.extend_from_slice(p);
             xff.extend_from_slice(b", ");
         }
         let _ = write!(xff, "{ip}");
@@ -237,6 +241,7 @@ impl ProxyHttp for SlotProxy {
             failed: Vec::new(),
             retries: 0,
             answered: false,
+            upgraded: false,
             unavailable: "slotd: service unavailable\n",
             host: None,
             rejection: None,
@@ -356,7 +361,11 @@ impl ProxyHttp for SlotProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A chunked body has no declared length: count it as it streams.
+        // A chunked body has no declared length: count it as it streams. (Not what
+        // a client sends into an upgraded connection.)
+        if ctx.upgraded {
+            return Ok(());
+        }
         let Some(r) = ctx.slot else { return Ok(()) };
         let Some(max) = ctx.table.slot(r).max_body_size else {
             return Ok(());
@@ -370,7 +379,7 @@ impl ProxyHttp for SlotProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(r) = ctx.slot else {
@@ -390,7 +399,13 @@ impl ProxyHttp for SlotProxy {
                     .peer
                     .as_ref()
                     .expect("pick only returns resolved instances");
-                Ok(Box::new(peer.clone()))
+                let mut peer = Box::new(peer.clone());
+                if let Some(read) = slot.upgraded_read_timeout {
+                    if session.as_downstream().is_upgrade_req() {
+                        peer.options.read_timeout = Some(read);
+                    }
+                }
+                Ok(peer)
             }
             Pick::Empty => {
                 ctx.unavailable = "slotd: service unavailable: this slot holds no deployment\n";
@@ -430,6 +445,8 @@ impl ProxyHttp for SlotProxy {
         let replayable = !session.as_ref().retry_buffer_truncated();
         if ctx.retries < slot.retries && untried && replayable {
             ctx.retries += 1;
+            // The body is sent again from the start (and counted again).
+            ctx.body_bytes = 0;
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -459,6 +476,20 @@ impl ProxyHttp for SlotProxy {
             e.retry.decide_reuse(client_reused);
             if e.retry() {
                 ctx.retries += 1;
+                ctx.body_bytes = 0;
+                // Another instance if one is untried; else the same one again, on a
+                // new connection (the usual case: it had closed an idle one).
+                if let (Some(r), Some(i)) = (ctx.slot, ctx.instance) {
+                    let size = ctx
+                        .table
+                        .slot(r)
+                        .pool
+                        .as_ref()
+                        .map_or(0, |p| p.instances.len());
+                    if size > ctx.failed.len() + 1 && !ctx.failed.contains(&i) {
+                        ctx.failed.push(i);
+                    }
+                }
             }
         }
         e
@@ -494,6 +525,9 @@ impl ProxyHttp for SlotProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
+        if ctx.upgraded {
+            return Ok(None);
+        }
         check_total(ctx).map(|()| None)
     }
 
@@ -503,8 +537,14 @@ impl ProxyHttp for SlotProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status;
+        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS {
+            // `100 Continue` and the like: the final answer gets the headers and pin.
+            return Ok(());
+        }
         ctx.answered = true;
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.upgraded = true;
             upgraded(ctx);
         }
         if conn::draining() {
@@ -597,8 +637,15 @@ impl ProxyHttp for SlotProxy {
             downstream.body_bytes_read(),
             downstream.body_bytes_sent(),
         );
-        // Connect failures were counted as they happened (fail_to_connect).
-        match e.and_then(upstream_error_kind) {
+        // Connect failures were counted as they happened (fail_to_connect). An
+        // upgraded connection that ends (idle past `read`, closed by either side)
+        // says nothing about the instance.
+        let failure = if ctx.upgraded {
+            None
+        } else {
+            e.and_then(upstream_error_kind)
+        };
+        match failure {
             Some(UpstreamError::Connect) => {}
             Some(kind) => {
                 slot.metrics.upstream_error(kind);

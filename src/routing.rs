@@ -70,6 +70,9 @@ pub struct SlotRoute {
     /// `[app.timeouts] total`: longest time from choosing an instance to the end of
     /// its response.
     pub total_timeout: Option<Duration>,
+    /// The read timeout of an `Upgrade` request's upstream connection, when the
+    /// peers' own is shortened by `total` (which does not apply once upgraded).
+    pub upgraded_read_timeout: Option<Duration>,
     /// Testing in production, on the production slot of an app with routing rules.
     pub split: Option<Box<Split>>,
     pub metrics: SlotMetrics,
@@ -678,6 +681,11 @@ fn build_slot(
         retries: app.retries,
         max_body_size: app.limits.max_body_size,
         total_timeout: app.timeouts.total,
+        upgraded_read_timeout: app
+            .timeouts
+            .total
+            .filter(|t| *t < app.timeouts.read)
+            .map(|_| app.timeouts.read),
         split: None,
         metrics: metrics.slot(&app.name, &slot.name),
     }

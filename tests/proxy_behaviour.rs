@@ -451,6 +451,21 @@ async fn x_forwarded_for_appends_the_client_ip_and_client_proto_and_host_are_rep
     );
     assert_eq!(seen(&e, "x-forwarded-proto"), ["http"], "{e}");
     assert_eq!(seen(&e, "x-forwarded-host"), ["shop.test"], "{e}");
+    // Several X-Forwarded-For lines are one list: none is lost.
+    let e = echo(
+        &slotd,
+        "shop.test",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.2, 192.0.2.1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen(&e, "x-forwarded-for"),
+        ["203.0.113.7, 198.51.100.2, 192.0.2.1, 127.0.0.1"],
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1007,6 +1022,33 @@ async fn websocket_upgrades_pass_through_to_the_slot() {
     assert_eq!(ws_round_trip(&mut ws, "third").await, "ws-a: third");
     let _ = ws.close(None).await;
     let _ = staging.close(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_do_not_apply_to_an_upgraded_websocket() {
+    // A 1 KiB body limit and a 1 s total timeout are for requests: a WebSocket
+    // carries more and lives longer, and its instance is not taken for failing.
+    let a = WsUpstream::start("ws-a").await;
+    let slotd = Slotd::start(&shop_app(
+        &[a.addr.to_string()],
+        &[],
+        "[app.limits]\nmax_body_size = \"1KiB\"\n[app.timeouts]\ntotal = \"1s\"\nread = \"10s\"",
+    ))
+    .await;
+    let (mut ws, answer) = ws_open(slotd.proxy, "shop.test", "production", "hello").await;
+    assert_eq!(answer, "ws-a: hello");
+    let big = "x".repeat(600);
+    for _ in 0..3 {
+        assert_eq!(ws_round_trip(&mut ws, &big).await, format!("ws-a: {big}"));
+    }
+    // Past `total`, idle meanwhile (the upstream read timeout is `read` here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ws_round_trip(&mut ws, "later").await, "ws-a: later");
+    let _ = ws.close(None).await;
+    let metrics = slotd.metrics().await;
+    let refused =
+        support::try_metric_value(&metrics, "slotd_rejected_requests_total{status=\"413\"}");
+    assert_eq!(refused.unwrap_or(0), 0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,3 +266,30 @@ async fn bad_rules_are_refused_and_change_nothing() {
     let (_, app): (u16, Value) = slotd.admin("GET", "/v1/apps/shop", None).await;
     assert_eq!(app["routing"]["rules"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pin_comes_with_the_final_answer_not_a_100_continue() {
+    let (_blue, _green, slotd) = blue_green("").await;
+    let (status, _) = slotd
+        .admin(
+            "PUT",
+            "/v1/apps/shop/routing",
+            Some(json!({"rules": [{"slot": "staging", "percent": 100}]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let resp = support::raw::exchange(
+        &slotd.proxy.to_string(),
+        &[b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"],
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let text = resp.text.to_ascii_lowercase();
+    let last_head = text.rsplit("http/1.1 ").next().unwrap();
+    assert!(last_head.starts_with("200"), "{text}");
+    assert!(
+        last_head.contains("set-cookie: x-slot-routing-name=staging:0"),
+        "{text}"
+    );
+}
