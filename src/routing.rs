@@ -148,6 +148,13 @@ impl InstanceHealth {
         self.checked_down.load(Ordering::Relaxed)
     }
 
+    /// Active checks are off for the instance's app: their last verdict no longer
+    /// holds (an instance they took down would otherwise never come back).
+    pub fn forget_checks(&self) {
+        self.check_streak.store(0, Ordering::Relaxed);
+        self.checked_down.store(false, Ordering::Relaxed);
+    }
+
     /// The active checks' verdict; returns whether it changed.
     pub fn set_checked(&self, healthy: bool) -> bool {
         self.checked_down.swap(!healthy, Ordering::Relaxed) == healthy
@@ -655,10 +662,14 @@ fn build_slot(
                     peer.options.idle_timeout = Some(app.timeouts.idle);
                     peer
                 });
+                let health = shared.health(&app.name, address);
+                if app.health.check.is_none() {
+                    health.forget_checks();
+                }
                 PoolInstance {
                     address: Arc::from(address.as_str()),
                     peer,
-                    health: shared.health(&app.name, address),
+                    health,
                     metrics: metrics.instance(&app.name, &slot.name, address),
                 }
             })

@@ -280,3 +280,23 @@ async fn connect_failures_are_retried_on_other_instances_up_to_the_apps_retries(
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_active_checks_off_brings_back_an_instance_they_took_down() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let addresses = [a.address(), b.address()];
+    let slotd = Slotd::start(&support::shop_app(&addresses, &[], FAST_CHECKS)).await;
+    a.health.store(503, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "a marked down", || async {
+        (!instance_health(&slotd, &a.address()).await.0).then_some(())
+    })
+    .await;
+    // The operator drops the checks (say, a wrong check_path) and reloads.
+    slotd.rewrite_config("", &support::shop_app(&addresses, &[], ""));
+    let (status, body) = slotd.admin("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(instance_health(&slotd, &a.address()).await.0);
+    let served = served_by(&slotd, 4).await;
+    assert!(served.contains(&"a".to_string()), "{served:?}");
+}
