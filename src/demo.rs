@@ -29,6 +29,8 @@ pub enum DemoError {
     Config(config::ConfigErrors),
     #[error("cannot start the demo upstreams: {0}")]
     Upstreams(String),
+    #[error("--admin-listen {0}: the demo's admin API has no token, so it listens on loopback only (use 127.0.0.1:PORT, or run `slotd serve` with a token)")]
+    AdminNotLoopback(SocketAddr),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
@@ -130,7 +132,12 @@ fn demo_config(
         config::parse(Path::new("config/demo.toml"), DEMO_CONFIG).map_err(DemoError::Config)?;
     config.proxy.listen = vec![listen];
     config.admin.listen = admin;
-    let folder = std::env::temp_dir().join(format!("slotd-demo-{}", std::process::id()));
+    // A folder no earlier demo used (a container often runs every demo as the same
+    // pid), so every demo starts from the config.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let folder = std::env::temp_dir().join(format!("slotd-demo-{}-{nanos}", std::process::id()));
     config.state = StateConfig::File {
         path: folder.join("state.json"),
     };
@@ -152,6 +159,9 @@ fn demo_config(
 
 /// Runs the demo until interrupted.
 pub fn run(listen: SocketAddr, admin: SocketAddr) -> Result<Infallible, DemoError> {
+    if !admin.ip().is_loopback() {
+        return Err(DemoError::AdminNotLoopback(admin));
+    }
     let ids = vec![
         Identity {
             colour: "blue",
