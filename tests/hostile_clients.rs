@@ -245,15 +245,15 @@ async fn upgrade_h2c_is_never_forwarded() {
 
 const WS_UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
-/// `shop` in front of an upstream that refuses every upgrade (403) and answers
-/// anything else with 200.
-async fn upgrade_refusing_setup() -> (ScriptedUpstream, Slotd) {
-    let up = ScriptedUpstream::start(|s| {
-        if s.path == "/ws" {
-            Reply::Bytes(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec())
-        } else {
-            ok("fine")
-        }
+const REFUSAL: &[u8] = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno";
+
+/// `shop` in front of an upstream that refuses every upgrade (403) after `delay`
+/// (none: at once, keeping the connection) and answers anything else with 200.
+async fn upgrade_refusing_setup(delay: Option<Duration>) -> (ScriptedUpstream, Slotd) {
+    let up = ScriptedUpstream::start(move |s| match (s.path.as_str(), delay) {
+        ("/ws", None) => Reply::Bytes(REFUSAL.to_vec()),
+        ("/ws", Some(d)) => Reply::Parts(vec![(d, REFUSAL.to_vec())]),
+        _ => ok("fine"),
     })
     .await;
     let slotd = Slotd::start(&support::shop_app(
@@ -267,7 +267,7 @@ async fn upgrade_refusing_setup() -> (ScriptedUpstream, Slotd) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_pipelined_after_an_upgrade_request_get_400_and_never_reach_the_upstream() {
-    let (up, slotd) = upgrade_refusing_setup().await;
+    let (up, slotd) = upgrade_refusing_setup(None).await;
     // A request smuggled behind an upgrade, as the first request of a connection.
     let smuggled = format!("{WS_UPGRADE}GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n");
     refused(&slotd, &up, &smuggled, 400).await;
@@ -304,7 +304,7 @@ async fn bytes_pipelined_after_an_upgrade_request_get_400_and_never_reach_the_up
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_request_with_nothing_after_it_is_forwarded() {
-    let (up, slotd) = upgrade_refusing_setup().await;
+    let (up, slotd) = upgrade_refusing_setup(None).await;
     // Sends `raw` and reads until `n` answers have begun (the connection stays open
     // after a refused upgrade).
     let answers = |raw: String, n: usize| async move {
@@ -361,23 +361,7 @@ async fn bytes_sent_after_a_refused_upgrade_was_forwarded_are_never_taken_for_a_
     // The upstream takes its time to refuse, and the client sends more meanwhile: too
     // late to keep the upgrade request from the upstream, but the bytes are refused
     // as they arrive and no request is read from them.
-    let up = ScriptedUpstream::start(|s| {
-        if s.path == "/ws" {
-            Reply::Parts(vec![(
-                Duration::from_secs(2),
-                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno".to_vec(),
-            )])
-        } else {
-            ok("fine")
-        }
-    })
-    .await;
-    let slotd = Slotd::start(&support::shop_app(
-        std::slice::from_ref(&up.address),
-        &[],
-        "",
-    ))
-    .await;
+    let (up, slotd) = upgrade_refusing_setup(Some(Duration::from_secs(2))).await;
     let resp = exchange(
         &slotd.proxy.to_string(),
         &[
